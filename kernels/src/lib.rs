@@ -1,0 +1,8 @@
+//! The compute engine: the Llama architecture with hand-written forward and backward passes,
+//! a slow reference and a fast CPU version of every op, AdamW, KV-cache generation,
+//! Hugging Face checkpoints, GGUF import, tokenizers and chat templates.
+//!
+//! Invariant: this crate never reads TOML or Parquet and knows nothing of pipelines.
+
+pub mod config;
+pub mod checkpoint;

@@ -1,0 +1,51 @@
+//! The `alignflow` command line. Only argument parsing and printing live here; every command
+//! calls into the library crates (`graph`, `stages`, `kernels`, `datasets`).
+//!
+//! Exit status: 0 on success, 2 for a bad pipeline file or bad arguments, 1 for any other error.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "alignflow", version, about = "The Llama 2 alignment recipe as an incremental dataflow pipeline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Pipeline(cli::pipeline::PipelineCommand),
+    #[command(flatten)]
+    Model(cli::model::ModelCommand),
+    /// Measure training and decoding speed of the engine.
+    Bench {
+        #[command(subcommand)]
+        what: cli::bench::BenchCommand,
+    },
+    /// Import a model from another format into a Hugging Face layout directory.
+    Import {
+        #[command(subcommand)]
+        what: cli::import::ImportCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pipeline(c) => cli::pipeline::run(c),
+        Command::Model(c) => cli::model::run(c),
+        Command::Import { what } => cli::import::run(what),
+        Command::Bench { what } => cli::bench::run(what),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
