@@ -6,3 +6,4 @@
 
 pub mod config;
 pub mod checkpoint;
+pub mod tokenizer;
