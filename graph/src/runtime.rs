@@ -1,0 +1,378 @@
+//! The runtime: runs a plan on timely dataflow. Each stage instance is one operator of a
+//! dataflow whose edges are the plan's dependencies; an operator waits until its input
+//! frontier is empty (every upstream instance is finished), then either finds its fingerprint
+//! in the store (cached) or starts its job on a thread of its own, holding its capability until
+//! the job reports back through a `SyncActivator`. Ready operators start as long as the run's
+//! CPU and GPU budget (`--cpus/--gpus`) covers their declared resources, so independent stages
+//! run at the same time. Row-wise stages further split their rows over `--workers` timely
+//! workers (see `rows`). A failed instance fails its downstream instances (skipped); the others
+//! still run.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline as Pipe;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Concatenate, Probe, ToStream};
+use timely::dataflow::Stream;
+use timely::scheduling::Activator;
+
+use crate::plan::Plan;
+use crate::rows::MemoRowEngine;
+use crate::stage::{Registry, Resources, RowStats, RunCtx, StageError};
+use crate::store::{InstanceRecord, Store, StoreError};
+
+/// Run-level settings. None of them enters a fingerprint: they never change results.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Timely worker threads for row-wise stages.
+    pub workers: usize,
+    /// CPU budget shared by concurrently running stages.
+    pub cpus: u32,
+    /// GPU budget shared by concurrently running stages.
+    pub gpus: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Computed in full.
+    Ran,
+    /// Found in the store; nothing ran.
+    Cached,
+    /// Row-wise stage that reused some rows from its memo and computed the rest.
+    Partial,
+    Failed,
+    /// Not run because an upstream instance failed.
+    Skipped,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ran => "ran",
+            Status::Cached => "cached",
+            Status::Partial => "partial",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+    fn ok(self) -> bool {
+        matches!(self, Status::Ran | Status::Cached | Status::Partial)
+    }
+}
+
+/// What happened to one instance.
+#[derive(Clone, Debug)]
+pub struct StageReport {
+    pub name: String,
+    pub stage: String,
+    pub kind: String,
+    pub round: u32,
+    pub fingerprint: String,
+    pub status: Status,
+    /// Row counts for row-wise stages that ran; None otherwise (and for cached instances of
+    /// row-wise stages the manifest-recorded counts are not repeated: all rows were reused).
+    pub rows: Option<RowStats>,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub seconds: f64,
+    /// In plan order.
+    pub stages: Vec<StageReport>,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> bool {
+        self.stages.iter().any(|s| !s.status.ok())
+    }
+
+    /// The `run --json` object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let stages: Vec<serde_json::Value> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let rows = |f: fn(&RowStats) -> u64| s.rows.as_ref().map(f).map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
+                let mut o = serde_json::json!({
+                    "name": s.stage,
+                    "kind": s.kind,
+                    "round": s.round,
+                    "fingerprint": s.fingerprint,
+                    "status": s.status.name(),
+                    "rows_total": rows(|r| r.total),
+                    "rows_computed": rows(|r| r.computed),
+                    "rows_reused": rows(|r| r.reused),
+                    "seconds": s.seconds,
+                });
+                if let Some(e) = &s.error {
+                    o["error"] = e.clone().into();
+                }
+                o
+            })
+            .collect();
+        serde_json::json!({ "pipeline": self.pipeline, "seconds": self.seconds, "stages": stages })
+    }
+}
+
+/// Progress callbacks (the CLI draws bars or prints lines). Called from several threads.
+pub trait Progress: Send + Sync {
+    fn started(&self, _instance: &str, _kind: &str) {}
+    fn rows(&self, _instance: &str, _done: u64, _total: u64) {}
+    fn finished(&self, _report: &StageReport) {}
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct Silent;
+impl Progress for Silent {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The shared CPU/GPU budget of the operators of one worker, and who waits for it.
+struct Pool {
+    free: Resources,
+    total: Resources,
+    waiting: Vec<Activator>,
+}
+
+impl Pool {
+    /// A stage asking for more than the whole budget gets the whole budget (it could never
+    /// start otherwise).
+    fn clamp(&self, r: Resources) -> Resources {
+        Resources { cpus: r.cpus.min(self.total.cpus), gpus: r.gpus.min(self.total.gpus) }
+    }
+    fn try_take(&mut self, r: Resources) -> bool {
+        if r.cpus <= self.free.cpus && r.gpus <= self.free.gpus {
+            self.free.cpus -= r.cpus;
+            self.free.gpus -= r.gpus;
+            true
+        } else {
+            false
+        }
+    }
+    fn give_back(&mut self, r: Resources) {
+        self.free.cpus += r.cpus;
+        self.free.gpus += r.gpus;
+        for a in self.waiting.drain(..) {
+            a.activate();
+        }
+    }
+}
+
+/// Runs `plan`: takes the workspace lock, runs every instance that is not in the store, and
+/// records the run. Stage failures are reported in the result, not as an error.
+pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, progress: Arc<dyn Progress>) -> Result<RunReport, RunError> {
+    let _lock = store.lock()?;
+    let start = Instant::now();
+    let plan = Arc::new(plan.clone());
+    let registry = Arc::new(registry.clone());
+    let store = Arc::new(store.clone());
+    let opts = opts.clone();
+    let (p2, r2, s2, o2, g2) = (plan.clone(), registry.clone(), store.clone(), opts.clone(), progress.clone());
+    let reports = timely::execute_directly(move |worker| {
+        let n = p2.instances.len();
+        let reports: Rc<RefCell<Vec<Option<StageReport>>>> = Rc::new(RefCell::new(vec![None; n]));
+        let total = Resources { cpus: o2.cpus.max(1), gpus: o2.gpus };
+        let pool = Rc::new(RefCell::new(Pool { free: total, total, waiting: Vec::new() }));
+        let probe = worker.dataflow::<u64, _, _>(|scope| {
+            // Each instance's stream carries (instance index, succeeded) once it is finished.
+            let mut streams: Vec<Stream<'_, u64, Vec<(usize, bool)>>> = Vec::with_capacity(n);
+            for idx in 0..n {
+                let input: Stream<'_, u64, Vec<(usize, bool)>> = if p2.instances[idx].deps.is_empty() {
+                    Vec::<(usize, bool)>::new().to_stream(scope)
+                } else {
+                    scope.concatenate(p2.instances[idx].deps.iter().map(|d| streams[*d].clone()))
+                };
+                let ctx = JobCtx { plan: p2.clone(), registry: r2.clone(), store: s2.clone(), opts: o2.clone(), progress: g2.clone() };
+                let (reports, pool) = (reports.clone(), pool.clone());
+                let out = input.unary_frontier::<CapacityContainerBuilder<Vec<(usize, bool)>>, _, _, _>(Pipe, &p2.instances[idx].name.clone(), move |cap, info| {
+                    let activator = scope.worker().activator_for(info.address.clone());
+                    let wake = scope.worker().sync_activator_for(info.address.to_vec());
+                    let mut cap = Some(cap);
+                    let mut upstream_failed = false;
+                    let mut running: Option<(mpsc::Receiver<StageReport>, Resources)> = None;
+                    move |(input, frontier), output| {
+                        input.for_each(|_, data| upstream_failed |= data.iter().any(|(_, ok)| !ok));
+                        let Some(c) = cap.as_ref() else { return };
+                        let finished = match running.as_ref() {
+                            Some((rx, res)) => match rx.try_recv() {
+                                Ok(report) => {
+                                    pool.borrow_mut().give_back(*res);
+                                    Some(report)
+                                }
+                                Err(mpsc::TryRecvError::Empty) => None,
+                                Err(mpsc::TryRecvError::Disconnected) => {
+                                    pool.borrow_mut().give_back(*res);
+                                    Some(ctx.report(idx, Status::Failed, None, 0.0, Some("the stage's thread died".into())))
+                                }
+                            },
+                            None if !frontier.frontier().is_empty() => None,
+                            None if upstream_failed => Some(ctx.report(idx, Status::Skipped, None, 0.0, Some("an upstream stage failed".into()))),
+                            None if ctx.store.manifest(&ctx.plan.instances[idx].fingerprint).is_some() => {
+                                Some(ctx.report(idx, Status::Cached, None, 0.0, None))
+                            }
+                            None => {
+                                let want = pool.borrow().clamp(ctx.resources(idx));
+                                if pool.borrow_mut().try_take(want) {
+                                    let (tx, rx) = mpsc::channel();
+                                    let (job, wake) = (ctx.clone(), wake.clone());
+                                    ctx.progress.started(&ctx.plan.instances[idx].name, &ctx.kind(idx));
+                                    std::thread::spawn(move || {
+                                        let _ = tx.send(job.execute(idx));
+                                        let _ = wake.activate();
+                                    });
+                                    running = Some((rx, want));
+                                } else {
+                                    pool.borrow_mut().waiting.push(activator.clone());
+                                }
+                                None
+                            }
+                        };
+                        if let Some(report) = finished {
+                            let ok = report.status.ok();
+                            ctx.progress.finished(&report);
+                            reports.borrow_mut()[idx] = Some(report);
+                            output.session(c).give((idx, ok));
+                            cap = None;
+                            running = None;
+                        }
+                    }
+                });
+                streams.push(out);
+            }
+            let (probe, _) = scope.concatenate(streams).probe();
+            probe
+        });
+        while !probe.done() {
+            worker.step_or_park(None);
+        }
+        let out: Vec<Option<StageReport>> = reports.borrow().clone();
+        out
+    });
+    let stages: Vec<StageReport> = reports.into_iter().flatten().collect();
+    let report = RunReport { pipeline: plan.pipeline.name.clone(), seconds: start.elapsed().as_secs_f64(), stages };
+    record_run(&plan, &registry, &store, &report)?;
+    Ok(report)
+}
+
+/// Merges this run's successful instances into the pipeline's run record.
+fn record_run(plan: &Plan, registry: &Registry, store: &Store, report: &RunReport) -> Result<(), StoreError> {
+    let mut record = store.last_run(&plan.pipeline.name).unwrap_or_default();
+    record.pipeline = plan.pipeline.name.clone();
+    let ok: std::collections::HashSet<&str> = report.stages.iter().filter(|s| s.status.ok()).map(|s| s.name.as_str()).collect();
+    // Instances that no longer exist (renamed stages, fewer rounds) are dropped.
+    let names: std::collections::HashSet<&str> = plan.instances.iter().map(|i| i.name.as_str()).collect();
+    record.instances.retain(|k, _| names.contains(k.as_str()));
+    for inst in plan.instances.iter().filter(|i| ok.contains(i.name.as_str())) {
+        let decl = &plan.pipeline.stages[inst.stage];
+        let outputs = registry
+            .get(&decl.kind)
+            .map(|k| k.outputs().iter().map(|p| (p.name.to_string(), p.ty.name().to_string())).collect())
+            .unwrap_or_default();
+        record.instances.insert(
+            inst.name.clone(),
+            InstanceRecord { stage: decl.name.clone(), round: inst.round, fingerprint: inst.fingerprint.clone(), inputs: inst.record.clone(), outputs },
+        );
+    }
+    store.write_run(&record)
+}
+
+/// What a job thread needs; cheap to clone.
+#[derive(Clone)]
+struct JobCtx {
+    plan: Arc<Plan>,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    opts: RunOptions,
+    progress: Arc<dyn Progress>,
+}
+
+impl JobCtx {
+    fn kind(&self, idx: usize) -> String {
+        self.plan.pipeline.stages[self.plan.instances[idx].stage].kind.clone()
+    }
+
+    fn resources(&self, idx: usize) -> Resources {
+        self.plan.pipeline.stages[self.plan.instances[idx].stage].resources
+    }
+
+    fn report(&self, idx: usize, status: Status, rows: Option<RowStats>, seconds: f64, error: Option<String>) -> StageReport {
+        let inst = &self.plan.instances[idx];
+        let decl = &self.plan.pipeline.stages[inst.stage];
+        StageReport {
+            name: inst.name.clone(),
+            stage: decl.name.clone(),
+            kind: decl.kind.clone(),
+            round: inst.round,
+            fingerprint: inst.fingerprint.clone(),
+            status,
+            rows,
+            seconds,
+            error,
+        }
+    }
+
+    /// Runs one instance to completion on the calling thread and commits its outputs.
+    fn execute(&self, idx: usize) -> StageReport {
+        let start = Instant::now();
+        match self.try_execute(idx) {
+            Ok(rows) => {
+                let status = match rows {
+                    Some(r) if r.reused > 0 => Status::Partial,
+                    _ => Status::Ran,
+                };
+                self.report(idx, status, rows, start.elapsed().as_secs_f64(), None)
+            }
+            Err(e) => {
+                let name = &self.plan.instances[idx].name;
+                self.report(idx, Status::Failed, None, start.elapsed().as_secs_f64(), Some(format!("stage `{name}`: {e}")))
+            }
+        }
+    }
+
+    fn try_execute(&self, idx: usize) -> Result<Option<RowStats>, StageError> {
+        let inst = &self.plan.instances[idx];
+        let decl = &self.plan.pipeline.stages[inst.stage];
+        let kind = self.registry.get(&decl.kind).ok_or_else(|| StageError::Message(format!("unknown kind {}", decl.kind)))?;
+        let outputs = kind.outputs();
+        let names: Vec<&str> = outputs.iter().map(|p| p.name).collect();
+        let staging = self.store.stage(&inst.fingerprint, &names).map_err(|e| StageError::wrap("staging outputs", e))?;
+        let inputs: BTreeMap<String, PathBuf> = inst
+            .inputs
+            .iter()
+            .map(|(port, src)| (port.clone(), self.store.output_dir(&self.plan.instances[src.instance].fingerprint, &src.output)))
+            .collect();
+        let out_dirs: BTreeMap<String, PathBuf> = names.iter().map(|n| (n.to_string(), staging.dir.join(n))).collect();
+        let memo_key = kind.row_port().map(|p| inst.record.memo_key(p));
+        let (progress, name) = (self.progress.clone(), inst.name.clone());
+        let row_progress: crate::rows::RowProgress = Arc::new(move |done, total| progress.rows(&name, done, total));
+        let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress));
+        let mut ctx = RunCtx::new(&inst.name, inst.round, inst.seed, &decl.params, &self.plan.base_dir, inputs, out_dirs, &engine);
+        kind.run(&mut ctx)?;
+        let rows = ctx.row_stats();
+        for p in &outputs {
+            if let Some(file) = p.ty.main_file() {
+                if !staging.dir.join(p.name).join(file).is_file() {
+                    return Err(StageError::Message(format!("the stage did not write output `{}` ({file})", p.name)));
+                }
+            }
+        }
+        let types = outputs.iter().map(|p| (p.name.to_string(), p.ty.name().to_string())).collect();
+        self.store.commit(staging, &inst.name, &decl.kind, types).map_err(|e| StageError::wrap("committing outputs", e))?;
+        Ok(rows)
+    }
+}

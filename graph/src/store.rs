@@ -1,0 +1,420 @@
+//! The workspace store (`.alignflow/` by default): content-addressed artifacts, row memo
+//! tables, the last run's records, and the workspace lock.
+//!
+//! Layout:
+//! ```text
+//! lock                                 exclusive lock (holds the pid of the running process)
+//! artifacts/<fingerprint>/<output>/…   one directory per stage instance result
+//! artifacts/<fingerprint>/MANIFEST.json  written last; lists every file with size and blake3
+//! memo/<memo key>/seg-<blake3>.bin     row memo segments, each immutable and self-checking
+//! runs/<pipeline>.json                 the last run's instances and fingerprint inputs
+//! runs/LATEST                          name of the pipeline run last (for `show`)
+//! tmp/                                 staging; anything here is garbage after a crash
+//! ```
+//! Every write is atomic: files are written under a temporary name, fsynced and renamed;
+//! artifact directories are staged in `tmp/` and renamed into place after their manifest is
+//! written. An artifact directory without a manifest whose files match is never trusted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::FpRecord;
+use crate::stage::RowId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("workspace {workspace} is locked by pid {pid} (another alignflow run is using it); wait for it to finish")]
+    Locked { workspace: PathBuf, pid: String },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// A file of an artifact, as recorded in its manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the artifact directory, with `/` separators.
+    pub path: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// The manifest of one stage instance's result; its presence (with matching files) is what
+/// makes an artifact trusted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub fingerprint: String,
+    pub instance: String,
+    pub kind: String,
+    /// Output name -> artifact type name.
+    pub outputs: BTreeMap<String, String>,
+    pub files: Vec<FileEntry>,
+}
+
+/// What `plan` and `show` need from the last run of a pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub pipeline: String,
+    /// Instance name -> its record.
+    pub instances: BTreeMap<String, InstanceRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub stage: String,
+    pub round: u32,
+    pub fingerprint: String,
+    pub inputs: FpRecord,
+    /// Output name -> artifact type name.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// A workspace directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held for the duration of a run; dropping it (or the process dying) releases the lock.
+pub struct WorkspaceLock {
+    _file: File,
+}
+
+/// A staging directory for one artifact, renamed into place by [`Store::commit`].
+pub struct Staging {
+    pub dir: PathBuf,
+    fingerprint: String,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary name next to `path`, unique within this process and across processes.
+fn temp_name(path: &Path) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = temp_name(path);
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    // Directories can be opened and fsynced on Unix; elsewhere this is best effort.
+    match File::open(dir) {
+        Ok(d) => {
+            let _ = d.sync_all();
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Io { path: dir.to_path_buf(), source: e }),
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String), StoreError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(io(path))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize().to_hex().to_string()))
+}
+
+/// Every regular file under `dir`, as paths relative to it, sorted.
+fn list_files(dir: &Path) -> Result<Vec<String>, StoreError> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), StoreError> {
+        for e in fs::read_dir(dir).map_err(io(dir))? {
+            let e = e.map_err(io(dir))?;
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out)?;
+            } else {
+                let rel = p.strip_prefix(base).expect("under base");
+                out.push(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+impl Store {
+    /// A store rooted at `root`. Nothing is created until [`Store::lock`].
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Store { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the workspace if needed and takes its exclusive lock, failing at once if
+    /// another process holds it. Leftover staging directories of crashed runs are removed.
+    pub fn lock(&self) -> Result<WorkspaceLock, StoreError> {
+        for sub in ["artifacts", "memo", "runs", "tmp"] {
+            let d = self.root.join(sub);
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        let path = self.root.join("lock");
+        let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = if pid.trim().is_empty() { "unknown".to_string() } else { pid.trim().to_string() };
+                return Err(StoreError::Locked { workspace: self.root.clone(), pid });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::Io { path, source: e }),
+        }
+        file.set_len(0).map_err(io(&path))?;
+        file.write_all(std::process::id().to_string().as_bytes()).map_err(io(&path))?;
+        let _ = file.sync_all();
+        // Under the lock nobody else is staging: whatever is in tmp/ is from a dead run.
+        let tmp = self.root.join("tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        Ok(WorkspaceLock { _file: file })
+    }
+
+    pub fn artifact_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root.join("artifacts").join(fingerprint)
+    }
+
+    /// The directory of one output of a stage instance.
+    pub fn output_dir(&self, fingerprint: &str, output: &str) -> PathBuf {
+        self.artifact_dir(fingerprint).join(output)
+    }
+
+    /// The manifest of a complete artifact: present, parseable, for this fingerprint, and every
+    /// listed file present with its recorded size. Anything else is "not in the store".
+    pub fn manifest(&self, fingerprint: &str) -> Option<Manifest> {
+        let dir = self.artifact_dir(fingerprint);
+        let text = fs::read(dir.join("MANIFEST.json")).ok()?;
+        let m: Manifest = serde_json::from_slice(&text).ok()?;
+        if m.fingerprint != fingerprint {
+            return None;
+        }
+        let all_there = m.files.iter().all(|f| fs::metadata(dir.join(&f.path)).map(|md| md.len() == f.bytes).unwrap_or(false));
+        all_there.then_some(m)
+    }
+
+    /// Verifies every file of an artifact against its recorded blake3 (slow; for tests/fsck).
+    pub fn verify(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        let Some(m) = self.manifest(fingerprint) else { return Ok(false) };
+        let dir = self.artifact_dir(fingerprint);
+        for f in &m.files {
+            if hash_file(&dir.join(&f.path))?.1 != f.blake3 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A fresh staging directory with one empty subdirectory per output.
+    pub fn stage(&self, fingerprint: &str, outputs: &[&str]) -> Result<Staging, StoreError> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = self.root.join("tmp").join(format!("{fingerprint}.{}.{n}", std::process::id()));
+        for o in outputs {
+            let d = dir.join(o);
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(Staging { dir, fingerprint: fingerprint.to_string() })
+    }
+
+    /// Seals a staging directory: fsyncs its files, writes the manifest last, and renames the
+    /// directory to `artifacts/<fingerprint>`, replacing any untrusted leftover there.
+    pub fn commit(&self, staging: Staging, instance: &str, kind: &str, outputs: BTreeMap<String, String>) -> Result<Manifest, StoreError> {
+        let mut files = Vec::new();
+        for rel in list_files(&staging.dir)? {
+            let p = staging.dir.join(&rel);
+            File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p))?;
+            let (bytes, blake3) = hash_file(&p)?;
+            files.push(FileEntry { path: rel, bytes, blake3 });
+        }
+        let manifest = Manifest { fingerprint: staging.fingerprint.clone(), instance: instance.into(), kind: kind.into(), outputs, files };
+        let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+        write_atomic(&staging.dir.join("MANIFEST.json"), &text)?;
+        let target = self.artifact_dir(&staging.fingerprint);
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(io(&target))?;
+        }
+        fs::rename(&staging.dir, &target).map_err(io(&target))?;
+        sync_dir(&self.root.join("artifacts"))?;
+        Ok(manifest)
+    }
+
+    fn memo_dir(&self, key: &str) -> PathBuf {
+        self.root.join("memo").join(key)
+    }
+
+    /// All memo entries of a row-wise stage's memo key. Segments that fail their checksum are
+    /// skipped (they cannot come from a completed write).
+    pub fn load_memo(&self, key: &str) -> Result<HashMap<RowId, Vec<u8>>, StoreError> {
+        let dir = self.memo_dir(key);
+        let mut out = HashMap::new();
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+        let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect();
+        names.sort();
+        for p in names {
+            let bytes = fs::read(&p).map_err(io(&p))?;
+            if let Some(entries) = decode_segment(&bytes) {
+                out.extend(entries);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds entries to a memo table as one new immutable segment.
+    pub fn add_memo(&self, key: &str, entries: &[(RowId, Vec<u8>)]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let dir = self.memo_dir(key);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let bytes = encode_segment(entries);
+        let name = blake3::hash(&bytes).to_hex();
+        write_atomic(&dir.join(format!("seg-{}.bin", &name[..32])), &bytes)
+    }
+
+    /// The last run of `pipeline` in this workspace, if any.
+    pub fn last_run(&self, pipeline: &str) -> Option<RunRecord> {
+        let text = fs::read(self.root.join("runs").join(format!("{pipeline}.json"))).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// The name of the pipeline run last in this workspace.
+    pub fn latest_pipeline(&self) -> Option<String> {
+        fs::read_to_string(self.root.join("runs").join("LATEST")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Records a run (merged over the previous record, so a failed stage keeps its old entry).
+    pub fn write_run(&self, record: &RunRecord) -> Result<(), StoreError> {
+        let dir = self.root.join("runs");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let text = serde_json::to_vec_pretty(record).expect("run record serialises");
+        write_atomic(&dir.join(format!("{}.json", record.pipeline)), &text)?;
+        write_atomic(&dir.join("LATEST"), record.pipeline.as_bytes())
+    }
+}
+
+const MEMO_MAGIC: &[u8; 8] = b"AFMEMO1\n";
+
+/// Segment: magic, then per entry (u32 key length, key, 32-byte hash, u32 value length,
+/// value), then the blake3 of everything before it.
+fn encode_segment(entries: &[(RowId, Vec<u8>)]) -> Vec<u8> {
+    let mut b = MEMO_MAGIC.to_vec();
+    for (id, v) in entries {
+        b.extend_from_slice(&(id.key.len() as u32).to_le_bytes());
+        b.extend_from_slice(id.key.as_bytes());
+        b.extend_from_slice(&id.hash);
+        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        b.extend_from_slice(v);
+    }
+    let sum = blake3::hash(&b);
+    b.extend_from_slice(sum.as_bytes());
+    b
+}
+
+fn decode_segment(bytes: &[u8]) -> Option<Vec<(RowId, Vec<u8>)>> {
+    if bytes.len() < MEMO_MAGIC.len() + 32 || &bytes[..8] != MEMO_MAGIC {
+        return None;
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut at = 8;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = body.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    let mut out = Vec::new();
+    loop {
+        let Some(len) = take(4) else { break };
+        let klen = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let key = String::from_utf8(take(klen)?.to_vec()).ok()?;
+        let hash: [u8; 32] = take(32)?.try_into().ok()?;
+        let vlen = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+        let value = take(vlen)?.to_vec();
+        out.push((RowId { key, hash }, value));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_round_trips_and_rejects_corruption() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::at(d.path());
+        let _l = s.lock().unwrap();
+        let e = vec![(RowId { key: "a".into(), hash: [1; 32] }, vec![1, 2, 3]), (RowId { key: "b".into(), hash: [2; 32] }, vec![])];
+        s.add_memo("k", &e).unwrap();
+        let m = s.load_memo("k").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&e[0].0], vec![1, 2, 3]);
+        let mut seg = encode_segment(&e);
+        seg[10] ^= 1;
+        assert!(decode_segment(&seg).is_none());
+    }
+
+    #[test]
+    fn artifact_without_manifest_is_not_trusted() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::at(d.path());
+        let _l = s.lock().unwrap();
+        let st = s.stage("fp1", &["out"]).unwrap();
+        fs::write(st.dir.join("out/table.parquet"), b"data").unwrap();
+        // Not committed: the staging dir is not an artifact.
+        assert!(s.manifest("fp1").is_none());
+        let outputs = [("out".to_string(), "table".to_string())].into();
+        s.commit(st, "x", "k", outputs).unwrap();
+        assert!(s.manifest("fp1").is_some());
+        assert!(s.verify("fp1").unwrap());
+        // A truncated file makes the artifact untrusted again.
+        fs::write(s.output_dir("fp1", "out").join("table.parquet"), b"da").unwrap();
+        assert!(s.manifest("fp1").is_none());
+    }
+
+    #[test]
+    fn second_lock_fails_with_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::at(d.path());
+        let _l = s.lock().unwrap();
+        match Store::at(d.path()).lock() {
+            Err(StoreError::Locked { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("second lock succeeded"),
+        }
+    }
+}
