@@ -6,4 +6,5 @@
 
 pub mod config;
 pub mod checkpoint;
+pub mod chat;
 pub mod tokenizer;
