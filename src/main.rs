@@ -21,6 +21,8 @@ enum Command {
     Pipeline(cli::pipeline::PipelineCommand),
     #[command(flatten)]
     Model(cli::model::ModelCommand),
+    /// Write the metrics report of a pipeline's last run (Markdown + PNG plots, or JSON).
+    Report(cli::report::ReportArgs),
     /// Measure training and decoding speed of the engine.
     Bench {
         #[command(subcommand)]
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Model(c) => cli::model::run(c),
         Command::Import { what } => cli::import::run(what),
         Command::Bench { what } => cli::bench::run(what),
+        Command::Report(args) => cli::report::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod import;
 pub mod model;
 pub mod pipeline;
+pub mod report;
