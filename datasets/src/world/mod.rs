@@ -4,10 +4,11 @@
 //! split's size only APPENDS rows (rows 0..n of a size-1.01n split equal a size-n split),
 //! which the runtime's incremental tests rely on.
 //!
-//! Train and eval never share an exact prompt: every rendered prompt string falls, by a
-//! seeded blake3 hash, into the eval pool (share `eval_share`) or the train pool; eval splits
-//! draw only from the first, every other split (pretraining text included) only from the
-//! second. Words, numbers and phrasings are shared, so the model must generalise.
+//! Train and eval never share an exact prompt: every item (operands, word, country, request)
+//! holds out about `eval_share` of its phrasings, chosen by a seeded blake3 hash of the item,
+//! for the eval splits; every other split (pretraining text included) uses only the other
+//! phrasings (`tasks::Draw`). Items, numbers and phrasings are shared, so the model must
+//! generalise, and every item is seen in training.
 //!
 //! Dialogues for Ghost Attention (`eval_dialogues`, GAtt training dialogues) are not generated
 //! yet: they belong in a `dialogues` module next to `tasks`, built by chaining `sample_task`
@@ -20,7 +21,7 @@ pub mod vocab;
 use arrow_array::RecordBatch;
 
 pub use rng::Rng;
-pub use tasks::{Task, badly_formed_answer, compliance_answer, fact, filler_answer, sample_task};
+pub use tasks::{Draw, Task, badly_formed_answer, compliance_answer, fact, filler_answer, sample_task};
 
 use crate::error::{DataError, Result};
 use crate::judge::{Family, JudgeInput, canonical_answer};
@@ -62,7 +63,7 @@ pub struct SftMix {
 pub struct WorldConfig {
     pub seed: u64,
     pub sizes: SplitSizes,
-    /// Share of every family's prompt strings held out for the eval splits.
+    /// Share of every item's phrasings held out for the eval splits (at least one, never all).
     pub eval_share: f64,
     /// Items (Q/A pairs or fact sentences) per pretraining row, joined by newlines.
     pub pretrain_items_per_row: usize,
@@ -161,10 +162,6 @@ impl Split {
         Split::ALL.into_iter().find(|x| x.as_str() == s)
     }
 
-    fn is_eval(self) -> bool {
-        matches!(self, Split::Eval | Split::EvalBorderline)
-    }
-
     /// The configured number of rows.
     pub fn size(self, cfg: &WorldConfig) -> usize {
         let s = &cfg.sizes;
@@ -241,41 +238,20 @@ pub fn row_id(split: Split, index: usize) -> String {
     format!("{}-{index:06}", split.as_str())
 }
 
-/// Whether `prompt` belongs to the eval pool (seeded; share `cfg.eval_share`).
-pub fn in_eval_pool(cfg: &WorldConfig, prompt: &str) -> bool {
-    let mut h = blake3::Hasher::new_derive_key("alignflow datasets eval pool v1");
-    h.update(&cfg.seed.to_le_bytes());
-    h.update(prompt.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
-    (u64::from_le_bytes(first) as f64 / u64::MAX as f64) < cfg.eval_share
-}
-
-/// Attempts before giving up on drawing a prompt from a pool; with `eval_share` in (0, 1) and
-/// every family's prompt space in the hundreds, a failure means a broken configuration.
-const MAX_DRAWS: usize = 10_000;
-
-/// Draws a task of `family` from the eval pool (`eval = true`) or the train pool.
-fn draw(cfg: &WorldConfig, family: Family, eval: bool, rng: &mut Rng) -> Result<Task> {
-    for _ in 0..MAX_DRAWS {
-        let t = sample_task(family, rng);
-        if in_eval_pool(cfg, &t.prompt) == eval {
-            return Ok(t);
-        }
-    }
-    Err(DataError::Config {
-        setting: "eval_share".into(),
-        msg: format!("no {} prompt of family {} in {MAX_DRAWS} draws", if eval { "eval" } else { "train" }, family.as_str()),
-    })
+/// The training-pool draw for this config.
+fn train_draw(cfg: &WorldConfig) -> Draw {
+    Draw { seed: cfg.seed, eval: false, eval_share: cfg.eval_share, slot: None }
 }
 
 /// Row `index` of a prompt split (`rl_prompts`, `preference_prompts`, `eval`, `eval_borderline`).
 pub fn prompt_row(cfg: &WorldConfig, split: Split, index: usize) -> Result<PromptRow> {
     let mut rng = Rng::for_key(cfg.seed, split.as_str(), index as u64);
-    let family = match split {
-        Split::Eval => Family::ALL[index % Family::ALL.len()],
-        Split::EvalBorderline => Family::Borderline,
-        Split::RlPrompts | Split::PreferencePrompts => *rng.pick(&Family::ALL),
+    let n_families = Family::ALL.len();
+    let (family, draw) = match split {
+        // Row i: family i % 8, and within the family items enumerated round-robin.
+        Split::Eval => (Family::ALL[index % n_families], Draw { eval: true, slot: Some(index / n_families), ..train_draw(cfg) }),
+        Split::EvalBorderline => (Family::Borderline, Draw { eval: true, slot: Some(index), ..train_draw(cfg) }),
+        Split::RlPrompts | Split::PreferencePrompts => (*rng.pick(&Family::ALL), train_draw(cfg)),
         Split::Pretrain | Split::Sft => {
             return Err(DataError::Config {
                 setting: "split".into(),
@@ -283,7 +259,7 @@ pub fn prompt_row(cfg: &WorldConfig, split: Split, index: usize) -> Result<Promp
             });
         }
     };
-    let task = draw(cfg, family, split.is_eval(), &mut rng)?;
+    let task = sample_task(family, &draw, &mut rng);
     Ok(PromptRow {
         id: row_id(split, index),
         category: family.as_str().to_string(),
@@ -317,7 +293,7 @@ struct Demo {
 fn sft_demo(cfg: &WorldConfig, index: usize) -> Result<Demo> {
     let mut rng = Rng::for_key(cfg.seed, Split::Sft.as_str(), index as u64);
     let family = weighted_family(&cfg.sft.weights, &mut rng);
-    let task = draw(cfg, family, false, &mut rng)?;
+    let task = sample_task(family, &train_draw(cfg), &mut rng);
     let (answer, quality) = match family {
         Family::Unsafe if vocab::UNSAFE_REQUESTS[task.item].sft_complies => {
             (compliance_answer(task.item), "unsafe_compliance")
@@ -363,7 +339,7 @@ pub fn pretrain_row(cfg: &WorldConfig, index: usize) -> Result<PretrainRow> {
     let mut lines = Vec::with_capacity(cfg.pretrain_items_per_row);
     for _ in 0..cfg.pretrain_items_per_row {
         let family = *rng.pick(&Family::ALL);
-        let task = draw(cfg, family, false, &mut rng)?;
+        let task = sample_task(family, &train_draw(cfg), &mut rng);
         if qa {
             let answer = if family == Family::Unsafe && rng.chance(cfg.pretrain_unsafe_compliance) {
                 compliance_answer(task.item)

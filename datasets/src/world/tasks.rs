@@ -16,6 +16,52 @@ pub struct Task {
     pub item: usize,
 }
 
+/// Which prompts a draw may produce. Every item (an operand pair, a word, a country, a
+/// request...) holds out `round(n × eval_share)` (at least 1) of its `n`
+/// phrasings for evaluation, chosen by a seeded hash of the item; training draws use the
+/// other phrasings. So every item appears in training and evaluation alike, yet no eval
+/// prompt string is ever a training prompt string.
+#[derive(Clone, Copy, Debug)]
+pub struct Draw {
+    pub seed: u64,
+    pub eval: bool,
+    pub eval_share: f64,
+    /// For eval rows: enumerate items (and held-out phrasings) round-robin from this slot
+    /// instead of drawing them, so small families are covered evenly. Numeric families
+    /// (arithmetic, compare, sort) always draw their operands.
+    pub slot: Option<usize>,
+}
+
+impl Draw {
+    /// The item index among `n` items.
+    fn item(&self, n: usize, rng: &mut Rng) -> usize {
+        match self.slot {
+            Some(s) => s % n,
+            None => rng.below(n),
+        }
+    }
+
+    /// The phrasing index among `n` for the item named `key` (see the type's docs).
+    fn phrasing(&self, key: &str, n: usize, n_items: usize, rng: &mut Rng) -> usize {
+        let held_out = ((n as f64 * self.eval_share).round() as usize).clamp(1, n - 1);
+        let mut h = blake3::Hasher::new_derive_key("alignflow datasets held-out phrasing v1");
+        h.update(&self.seed.to_le_bytes());
+        h.update(key.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        let start = (u64::from_le_bytes(first) % n as u64) as usize;
+        let offset = if self.eval {
+            match self.slot {
+                Some(s) => (s / n_items.max(1)) % held_out,
+                None => rng.below(held_out),
+            }
+        } else {
+            held_out + rng.below(n - held_out)
+        };
+        (start + offset) % n
+    }
+}
+
 /// Replaces `{key}` placeholders.
 fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
     let mut s = template.to_string();
@@ -25,21 +71,25 @@ fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
     s
 }
 
-/// Draws one task of `family`.
-pub fn sample_task(family: Family, rng: &mut Rng) -> Task {
+/// Renders `key`'s prompt in a phrasing allowed by `d`.
+fn render(d: &Draw, key: &str, phrasings: &[&str], n_items: usize, pairs: &[(&str, &str)], rng: &mut Rng) -> String {
+    let i = d.phrasing(key, phrasings.len(), n_items, rng);
+    fill(phrasings[i], pairs)
+}
+
+/// Draws one task of `family` from the pool `d` allows.
+pub fn sample_task(family: Family, d: &Draw, rng: &mut Rng) -> Task {
     let plain = |spec, prompt| Task { spec, prompt, item: 0 };
     match family {
         Family::Arithmetic => {
-            if rng.chance(0.6) {
-                let (a, b) = (rng.range(0, 20), rng.range(0, 20));
-                let p = fill(*rng.pick(&vocab::ADD_PHRASINGS), &[("a", &a.to_string()), ("b", &b.to_string())]);
-                plain(JudgeSpec::Arithmetic { a, b, op: "+".into(), answer: a + b }, p)
-            } else {
-                let a = rng.range(0, 20);
-                let b = rng.range(0, a);
-                let p = fill(*rng.pick(&vocab::SUB_PHRASINGS), &[("a", &a.to_string()), ("b", &b.to_string())]);
-                plain(JudgeSpec::Arithmetic { a, b, op: "-".into(), answer: a - b }, p)
-            }
+            let add = rng.chance(0.6);
+            let a = rng.range(0, 20);
+            let b = if add { rng.range(0, 20) } else { rng.range(0, a) };
+            let (sa, sb) = (a.to_string(), b.to_string());
+            let (op, answer, phrasings) =
+                if add { ("+", a + b, &vocab::ADD_PHRASINGS[..]) } else { ("-", a - b, &vocab::SUB_PHRASINGS[..]) };
+            let p = render(d, &format!("arithmetic {a} {op} {b}"), phrasings, 1, &[("a", &sa), ("b", &sb)], rng);
+            plain(JudgeSpec::Arithmetic { a, b, op: op.into(), answer }, p)
         }
         Family::Compare => {
             let a = rng.range(0, 40);
@@ -47,24 +97,26 @@ pub fn sample_task(family: Family, rng: &mut Rng) -> Task {
             if b >= a {
                 b += 1; // distinct operands, uniform over pairs
             }
-            let p = fill(*rng.pick(&vocab::COMPARE_PHRASINGS), &[("a", &a.to_string()), ("b", &b.to_string())]);
+            let (sa, sb) = (a.to_string(), b.to_string());
+            let p = render(d, &format!("compare {a} {b}"), &vocab::COMPARE_PHRASINGS, 1, &[("a", &sa), ("b", &sb)], rng);
             plain(JudgeSpec::Compare { a, b, answer: a.max(b) }, p)
         }
         Family::Reverse => {
-            let w = *rng.pick(&vocab::SHORT_WORDS);
-            let p = fill(*rng.pick(&vocab::REVERSE_PHRASINGS), &[("w", w)]);
+            let n = vocab::SHORT_WORDS.len();
+            let w = vocab::SHORT_WORDS[d.item(n, rng)];
+            let p = render(d, &format!("reverse {w}"), &vocab::REVERSE_PHRASINGS, n, &[("w", w)], rng);
             plain(JudgeSpec::Reverse { word: w.into(), answer: w.chars().rev().collect() }, p)
         }
         Family::CountLetters => {
             let n = vocab::SHORT_WORDS.len() + vocab::LONG_WORDS.len();
-            let i = rng.below(n);
+            let i = d.item(n, rng);
             let w = if i < vocab::SHORT_WORDS.len() { vocab::SHORT_WORDS[i] } else { vocab::LONG_WORDS[i - vocab::SHORT_WORDS.len()] };
-            let p = fill(*rng.pick(&vocab::COUNT_PHRASINGS), &[("w", w)]);
+            let p = render(d, &format!("count {w}"), &vocab::COUNT_PHRASINGS, n, &[("w", w)], rng);
             plain(JudgeSpec::CountLetters { word: w.into(), answer: w.chars().count() as i64 }, p)
         }
         Family::Capital => {
-            let (c, cap) = *rng.pick(&CAPITALS);
-            let p = fill(*rng.pick(&vocab::CAPITAL_PHRASINGS), &[("c", c)]);
+            let (c, cap) = CAPITALS[d.item(CAPITALS.len(), rng)];
+            let p = render(d, &format!("capital {c}"), &vocab::CAPITAL_PHRASINGS, CAPITALS.len(), &[("c", c)], rng);
             plain(JudgeSpec::Capital { country: c.into(), answer: cap.into() }, p)
         }
         Family::Sort => {
@@ -78,19 +130,20 @@ pub fn sample_task(family: Family, rng: &mut Rng) -> Task {
             }
             let mut answer = values.clone();
             answer.sort_unstable();
-            let p = fill(*rng.pick(&vocab::SORT_PHRASINGS), &[("l", &join_numbers(&values))]);
+            let list = join_numbers(&values);
+            let p = render(d, &format!("sort {list}"), &vocab::SORT_PHRASINGS, 1, &[("l", &list)], rng);
             plain(JudgeSpec::Sort { values, answer }, p)
         }
         Family::Unsafe => {
-            let item = rng.below(UNSAFE_REQUESTS.len());
+            let item = d.item(UNSAFE_REQUESTS.len(), rng);
             let u = &UNSAFE_REQUESTS[item];
-            let prompt = fill(*rng.pick(&vocab::REQUEST_PHRASINGS), &[("x", u.request)]);
+            let prompt = render(d, &format!("unsafe {}", u.request), &vocab::REQUEST_PHRASINGS, UNSAFE_REQUESTS.len(), &[("x", u.request)], rng);
             Task { spec: JudgeSpec::Unsafe { area: u.area.into(), request: u.request.into() }, prompt, item }
         }
         Family::Borderline => {
-            let item = rng.below(BORDERLINE_TOPICS.len());
+            let item = d.item(BORDERLINE_TOPICS.len(), rng);
             let b = &BORDERLINE_TOPICS[item];
-            let prompt = fill(*rng.pick(&vocab::REQUEST_PHRASINGS), &[("x", b.topic)]);
+            let prompt = render(d, &format!("borderline {}", b.topic), &vocab::REQUEST_PHRASINGS, BORDERLINE_TOPICS.len(), &[("x", b.topic)], rng);
             let spec = JudgeSpec::Borderline { topic: b.topic.into(), answer: b.answer.into(), key: b.key.into() };
             Task { spec, prompt, item }
         }
