@@ -63,6 +63,11 @@ pub enum ChatError {
     Encode(String),
 }
 
+/// The Llama 2 format as a Hugging Face Jinja template (as Meta's HF repos ship it, with the
+/// user part of the first turn stripped too), written next to the built-in marker so that
+/// transformers renders the same text.
+pub const LLAMA2_JINJA: &str = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'].strip() %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+
 const B_INST: &str = "[INST]";
 const E_INST: &str = "[/INST]";
 const B_SYS: &str = "<<SYS>>\n";

@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod checkpoint;
+pub mod model_dir;
 pub mod chat;
 pub mod tokenizer;

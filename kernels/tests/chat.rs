@@ -129,6 +129,9 @@ fn llama2_jinja_mask_and_text_agree_with_the_builtin_format() {
     let mut msgs = chat();
     msgs[1].content = msgs[1].content.trim().to_string();
     assert_eq!(t.render(&msgs, true).unwrap(), ChatTemplate::Llama2.render(&chat(), true).unwrap());
+    // The template alignflow writes into tokenizer_config.json matches the built-in format exactly.
+    let ours = jinja(kernels::chat::LLAMA2_JINJA, "<s>", "</s>");
+    assert_eq!(ours.render(&chat(), true).unwrap(), ChatTemplate::Llama2.render(&chat(), true).unwrap());
     // raise_exception surfaces as an error, not a panic.
     let bad = vec![Message::new("user", "a"), Message::new("user", "b")];
     let e = t.render(&bad, true).unwrap_err();

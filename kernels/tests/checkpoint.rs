@@ -239,3 +239,78 @@ fn bad_configs_name_the_file_and_the_problem() {
     let e = LlamaConfig::from_file(&dir.path().join("absent")).unwrap_err().to_string();
     assert!(e.contains("absent"), "{e}");
 }
+
+mod model_dir {
+    //! ModelDir: a whole Hugging Face directory saved and loaded as one unit.
+
+    use super::*;
+    use kernels::chat::ChatTemplate;
+    use kernels::model_dir::{ModelDir, ModelDirError};
+    use kernels::tokenizer::{BpeOptions, Tokenizer};
+
+    fn tiny() -> ModelDir {
+        let config = LlamaConfig::from_file(&fixture("config_causal_lm.json")).unwrap();
+        let texts = ["hello world", "the capital of France is Paris", "hello Paris"];
+        let opts = BpeOptions { vocab_size: 300, min_frequency: 1, special_tokens: vec!["<pad>".into(), "<s>".into(), "</s>".into()] };
+        let tok = Tokenizer::train_bpe(&mut texts.iter().map(|s| s.to_string()), &opts).unwrap();
+        ModelDir { config, tensors: sample(), tokenizer: Some(tok), chat: Some(ChatTemplate::Llama2) }
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_model() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out/model");
+        let m = tiny();
+        m.save(&dir, SaveDtype::F32).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+            assert!(dir.join(f).is_file(), "{f} missing");
+        }
+        let back = ModelDir::load(&dir).unwrap();
+        assert_eq!(back.config, m.config);
+        assert_eq!(back.tensors, m.tensors);
+        assert_eq!(back.chat, Some(ChatTemplate::Llama2));
+        let (a, b) = (back.tokenizer.unwrap(), m.tokenizer.unwrap());
+        assert_eq!(a.to_json_string().unwrap(), b.to_json_string().unwrap());
+        // tokenizer_config.json names the special tokens by string, as transformers wants.
+        let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+        assert_eq!((tc["bos_token"].as_str(), tc["eos_token"].as_str(), tc["pad_token"].as_str()), (Some("<s>"), Some("</s>"), Some("<pad>")));
+        assert!(tc["chat_template"].as_str().unwrap().contains("[INST]"));
+        // Nothing but the model directory is left in its parent.
+        assert_eq!(std::fs::read_dir(root.path().join("out")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn save_replaces_an_existing_directory_and_keeps_the_jinja_template() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m");
+        tiny().save(&dir, SaveDtype::F32).unwrap();
+        std::fs::write(dir.join("stale.txt"), "old").unwrap();
+        let mut m = tiny();
+        m.chat = Some(ChatTemplate::Jinja { source: "{{ messages[0].content }}".into(), bos_token: "<s>".into(), eos_token: "</s>".into() });
+        m.save(&dir, SaveDtype::Bf16).unwrap();
+        assert!(!dir.join("stale.txt").exists());
+        let back = ModelDir::load(&dir).unwrap();
+        assert_eq!(back.chat, m.chat);
+        assert_eq!(back.stop_ids(), vec![2]);
+        assert!((back.tensors["lm_head.weight"].data[0] - 0.1).abs() < 1e-3);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn broken_directories_are_clear_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let e = ModelDir::load(&root.path().join("absent")).unwrap_err();
+        assert!(e.to_string().contains("absent"), "{e}");
+        let dir = root.path().join("m");
+        tiny().save(&dir, SaveDtype::F32).unwrap();
+        std::fs::write(dir.join("tokenizer.json"), "{ nope").unwrap();
+        let e = ModelDir::load(&dir).unwrap_err();
+        assert!(matches!(e, ModelDirError::Tokenizer(_)) && e.to_string().contains("tokenizer.json"), "{e}");
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        let e = ModelDir::load(&dir).unwrap_err();
+        assert!(matches!(e, ModelDirError::Checkpoint(_)), "{e}");
+        std::fs::write(dir.join("config.json"), "[]").unwrap();
+        let e = ModelDir::load(&dir).unwrap_err();
+        assert!(matches!(e, ModelDirError::Config(_)) && e.to_string().contains("config.json"), "{e}");
+    }
+}
