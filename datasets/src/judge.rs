@@ -165,7 +165,7 @@ impl Instruction {
     }
 
     /// Removes the instruction's own marker so the task part can be graded.
-    fn strip<'a>(self, response: &'a str) -> &'a str {
+    fn strip(self, response: &str) -> &str {
         let r = response.trim();
         match self {
             Instruction::EndWithOver => r.strip_suffix("Over.").unwrap_or(r).trim_end(),

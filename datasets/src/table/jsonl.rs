@@ -230,12 +230,6 @@ fn build(ty: &JType, vals: &[Option<&Value>]) -> ArrayRef {
     }
 }
 
-/// True if `a` has a null at `i`; used by tests to check JSON nulls survive.
-#[cfg(test)]
-fn is_null_at(a: &ArrayRef, i: usize) -> bool {
-    a.is_null(i)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,9 +249,9 @@ mod tests {
         assert_eq!(b.num_rows(), 3);
         assert_eq!(b.schema().field(0).data_type(), &DataType::Float64);
         assert_eq!(b.schema().field(1).data_type(), &DataType::Utf8);
-        assert!(is_null_at(b.column(1), 0));
-        assert!(is_null_at(b.column(2), 0));
-        assert!(!is_null_at(b.column(2), 2));
+        assert!(b.column(1).is_null(0));
+        assert!(b.column(2).is_null(0));
+        assert!(!b.column(2).is_null(2));
     }
 
     #[test]
