@@ -6,6 +6,11 @@
 
 pub mod config;
 pub mod checkpoint;
-pub mod model_dir;
-pub mod chat;
 pub mod tokenizer;
+pub mod chat;
+pub mod model_dir;
+pub mod device;
+pub mod rng;
+pub mod ops;
+pub mod model;
+pub mod generate;

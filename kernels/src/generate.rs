@@ -1,0 +1,316 @@
+//! Text generation with a KV cache: batched, greedy or temperature + top-p sampling, per-row
+//! random streams, EOS stop and a cap on new tokens.
+//!
+//! Each prompt is prefilled on its own (one big matrix product per layer over its tokens),
+//! then all unfinished rows decode together one token per step. The decode step computes each
+//! row's products as independent dot products ([`linear_few_rows`]), so a row's numbers, and
+//! therefore its tokens, are the same whichever batch it is in; row r samples from the random
+//! stream (seed, row id). Weights can be read as f32 or rounded to bf16, which halves the bytes
+//! per token on this memory-bound path.
+
+use crate::config::Head;
+use crate::model::{self, Llama, ModelError};
+use crate::ops::attention::AttnShape;
+use crate::ops::matmul::{MmShape, Tr, WeightRef, linear_few_rows, matmul, to_bf16_bits};
+use crate::ops::{dot, embedding, norm, rope, swiglu};
+use crate::rng::Rng;
+use rayon::prelude::*;
+
+/// How to pick each next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    /// 0.0 = greedy (argmax, lowest id on ties).
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities sum to at least top_p.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+/// The storage type of the weights read while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightPrecision {
+    F32,
+    /// Linear and head weights rounded to bf16 (round to nearest even); activations stay f32.
+    Bf16,
+}
+
+/// The weights the decoder reads: the model's f32 tensors, or bf16 copies of its matrices.
+pub struct DecodeWeights<'a> {
+    pub model: &'a Llama,
+    bf16: Option<Vec<Vec<u16>>>,
+}
+
+impl<'a> DecodeWeights<'a> {
+    pub fn new(model: &'a Llama, precision: WeightPrecision) -> DecodeWeights<'a> {
+        let bf16 = (precision == WeightPrecision::Bf16)
+            .then(|| model.params().iter().map(|p| p.par_iter().map(|&x| to_bf16_bits(x)).collect()).collect());
+        DecodeWeights { model, bf16 }
+    }
+
+    fn w(&self, idx: usize) -> WeightRef<'_> {
+        match &self.bf16 {
+            Some(b) => WeightRef::Bf16(&b[idx]),
+            None => WeightRef::F32(&self.model.params()[idx]),
+        }
+    }
+
+    /// Bytes of weights read to decode one token (every matrix once, plus the head).
+    pub fn bytes_per_token(&self) -> usize {
+        let per = if self.bf16.is_some() { 2 } else { 4 };
+        let c = &self.model.config;
+        let mut n = 0;
+        for l in 0..c.num_hidden_layers {
+            for j in [model::WQ, model::WK, model::WV, model::WO, model::WG, model::WU, model::WD] {
+                n += self.model.params()[Llama::layer_index(l, j)].len();
+            }
+        }
+        n += self.model.params()[self.model.head_index()].len();
+        n * per
+    }
+}
+
+/// One row's KV cache: per layer, keys and values (len, Hkv·hd) after rotary.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], len: 0 }
+    }
+}
+
+/// y (n, dout) = x (n, din) @ Wᵀ, choosing gemm for many f32 rows and dot products otherwise.
+fn project(y: &mut [f32], x: &[f32], w: WeightRef<'_>, n: usize, din: usize, dout: usize) {
+    match w {
+        WeightRef::F32(w) if n > 8 => matmul(y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: dout }, false),
+        _ => linear_few_rows(y, x, w, n, din, dout),
+    }
+}
+
+/// Attention of `t_new` new tokens (q: (t_new, Hq·hd)) of one row against its whole cache
+/// (keys and values (len, Hkv·hd), the new tokens last), causally.
+fn cached_attention(q: &[f32], kc: &[f32], vc: &[f32], len: usize, sh: AttnShape) -> Vec<f32> {
+    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let t_new = q.len() / qw;
+    let p0 = len - t_new;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = sh.heads / sh.kv_heads;
+    let mut out = vec![0.0f32; q.len()];
+    let mut scores = vec![0.0f32; len];
+    for i in 0..t_new {
+        let visible = p0 + i + 1;
+        for h in 0..sh.heads {
+            let kh = h / group;
+            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..visible {
+                let s = dot(qi, &kc[j * kw + kh * hd..j * kw + (kh + 1) * hd]) * scale;
+                scores[j] = s;
+                max = max.max(s);
+            }
+            let mut z = 0.0;
+            for s in &mut scores[..visible] {
+                *s = (*s - max).exp();
+                z += *s;
+            }
+            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
+            for j in 0..visible {
+                let p = scores[j] / z;
+                for (a, b) in o.iter_mut().zip(&vc[j * kw + kh * hd..j * kw + (kh + 1) * hd]) {
+                    *a += p * b;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs the new tokens of each row through the model, appending to each row's cache, and
+/// returns the head output at each row's last new token: (rows, out_width).
+pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>, ModelError> {
+    let m = dw.model;
+    let c = &m.config;
+    let table = m.rope_table();
+    for (r, (toks, cache)) in new.iter().zip(caches.iter()).enumerate() {
+        if toks.is_empty() {
+            return Err(ModelError::EmptyRow { row: r });
+        }
+        if cache.len + toks.len() > table.len {
+            return Err(ModelError::TooLong { row: r, len: cache.len + toks.len(), max: table.len });
+        }
+        if let Some((pos, &token)) = toks.iter().enumerate().find(|(_, t)| **t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { row: r, pos, token, vocab: c.vocab_size });
+        }
+    }
+    let tokens: Vec<u32> = new.iter().flat_map(|t| t.iter().copied()).collect();
+    let positions: Vec<usize> = new.iter().zip(caches.iter()).flat_map(|(t, cache)| cache.len..cache.len + t.len()).collect();
+    let n = tokens.len();
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let (qd, kvd) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let sh = AttnShape { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+    let spans = crate::ops::spans_of(new.iter().map(|t| t.len()));
+    let mut x = vec![0.0f32; n * d];
+    embedding::embedding(&mut x, m.embed(), d, &tokens);
+    let (mut h, mut rstd) = (vec![0.0f32; n * d], vec![0.0f32; n]);
+    for l in 0..c.num_hidden_layers {
+        let wi = |j| dw.w(Llama::layer_index(l, j));
+        norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::ATTN_NORM), c.rms_norm_eps);
+        let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
+        project(&mut q, &h, wi(model::WQ), n, d, qd);
+        project(&mut k, &h, wi(model::WK), n, d, kvd);
+        project(&mut v, &h, wi(model::WV), n, d, kvd);
+        rope::rope(&mut q, &positions, c.num_attention_heads, table, rope::Direction::Forward);
+        rope::rope(&mut k, &positions, c.num_key_value_heads, table, rope::Direction::Forward);
+        for (s, cache) in spans.iter().zip(caches.iter_mut()) {
+            cache.k[l].extend_from_slice(&k[s.offset * kvd..(s.offset + s.len) * kvd]);
+            cache.v[l].extend_from_slice(&v[s.offset * kvd..(s.offset + s.len) * kvd]);
+        }
+        let outs: Vec<Vec<f32>> = spans.par_iter().zip(caches.par_iter()).map(|(s, cache)| {
+            let total = cache.len + s.len;
+            cached_attention(&q[s.offset * qd..(s.offset + s.len) * qd], &cache.k[l], &cache.v[l], total, sh)
+        }).collect();
+        let att: Vec<f32> = outs.concat();
+        let mut o = vec![0.0; n * d];
+        project(&mut o, &att, wi(model::WO), n, qd, d);
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::MLP_NORM), c.rms_norm_eps);
+        let (mut g, mut u, mut a) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
+        project(&mut g, &h, wi(model::WG), n, d, f);
+        project(&mut u, &h, wi(model::WU), n, d, f);
+        swiglu::swiglu(&mut a, &g, &u);
+        project(&mut o, &a, wi(model::WD), n, f, d);
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+    }
+    for (s, cache) in spans.iter().zip(caches.iter_mut()) {
+        cache.len += s.len;
+    }
+    // Only each row's last token needs the head: (rows, D) -> (rows, out_width).
+    let last: Vec<f32> = spans.iter().flat_map(|s| x[(s.offset + s.len - 1) * d..(s.offset + s.len) * d].iter().copied()).collect();
+    let rows = spans.len();
+    let (mut hl, mut rl) = (vec![0.0; rows * d], vec![0.0; rows]);
+    norm::rmsnorm(&mut hl, &mut rl, &last, m.final_norm(), c.rms_norm_eps);
+    let ow = m.out_width();
+    let mut out = vec![0.0; rows * ow];
+    linear_few_rows(&mut out, &hl, dw.w(m.head_index()), rows, d, ow);
+    Ok(out.chunks(ow).map(|r| r.to_vec()).collect())
+}
+
+/// Greedy choice: the highest logit, the lowest id on ties (as torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Draws the next token: greedy at temperature 0, else softmax(logits / T) restricted to the
+/// top-p nucleus (most likely first, ties by id), sampled with one uniform draw.
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    if params.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let t = params.temperature as f64;
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let mut probs: Vec<(f64, u32)> = logits.iter().enumerate().map(|(i, &x)| (((x as f64 - max) / t).exp(), i as u32)).collect();
+    let z: f64 = probs.iter().map(|p| p.0).sum();
+    probs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let top_p = (params.top_p as f64).clamp(0.0, 1.0);
+    let mut kept = 0;
+    let mut cum = 0.0;
+    for (p, _) in &probs {
+        cum += p / z;
+        kept += 1;
+        if cum >= top_p {
+            break;
+        }
+    }
+    let mass: f64 = probs[..kept].iter().map(|p| p.0).sum();
+    let mut u = rng.uniform() * mass;
+    for &(p, id) in &probs[..kept] {
+        if u < p {
+            return id;
+        }
+        u -= p;
+    }
+    probs[kept - 1].1
+}
+
+/// Batched generation with a KV cache. Row r draws its random numbers from (seed, r) only, so
+/// a row's output does not depend on the batch it is in. Stops a row at any of `eos` (the EOS
+/// token is included in the output) or after max_new_tokens. Returns only the new tokens.
+pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams, eos: &[u32]) -> Result<Vec<Vec<u32>>, ModelError> {
+    let ids: Vec<u64> = (0..prompts.len() as u64).collect();
+    generate_with(&DecodeWeights::new(model, WeightPrecision::F32), prompts, &ids, params, eos)
+}
+
+/// [`generate`] with chosen weights and row ids: row r samples from (seed, row_ids[r]), so a
+/// caller can key each row's randomness by its content (for memo tables and re-runs).
+pub fn generate_with(dw: &DecodeWeights<'_>, prompts: &[Vec<u32>], row_ids: &[u64], params: &SamplingParams, eos: &[u32]) -> Result<Vec<Vec<u32>>, ModelError> {
+    if dw.model.config.head != Head::LanguageModel {
+        return Err(ModelError::WrongHead { op: "generate", needed: "language-model" });
+    }
+    if row_ids.len() != prompts.len() {
+        return Err(ModelError::RowCount { op: "generate (row ids)", expected: prompts.len(), got: row_ids.len() });
+    }
+    if !(params.top_p > 0.0) || params.temperature.is_nan() {
+        return Err(ModelError::Invalid { op: "generate", message: format!("top_p must be in (0, 1] and temperature >= 0 (got {}, {})", params.top_p, params.temperature) });
+    }
+    let layers = dw.model.config.num_hidden_layers;
+    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(layers)).collect();
+    let mut rngs: Vec<Rng> = row_ids.iter().map(|&id| Rng::stream(params.seed, id)).collect();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    if params.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    // Prefill each prompt on its own and sample its first new token.
+    let mut next = vec![0u32; prompts.len()];
+    for (r, p) in prompts.iter().enumerate() {
+        let logits = forward_cached(dw, &[p.as_slice()], &mut [&mut caches[r]])
+            .map_err(|e| renumber(e, r))?;
+        next[r] = sample(&logits[0], params, &mut rngs[r]);
+    }
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    loop {
+        for &r in &active {
+            out[r].push(next[r]);
+        }
+        active.retain(|&r| !eos.contains(&next[r]) && out[r].len() < params.max_new_tokens);
+        if active.is_empty() {
+            return Ok(out);
+        }
+        let toks: Vec<[u32; 1]> = active.iter().map(|&r| [next[r]]).collect();
+        let new: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+        let mut cache_refs: Vec<&mut KvCache> = Vec::with_capacity(active.len());
+        let mut rest: &mut [KvCache] = &mut caches;
+        let mut base = 0;
+        for &r in &active {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(r - base);
+            let (this, tail) = tail.split_first_mut().expect("active row in range");
+            cache_refs.push(this);
+            rest = tail;
+            base = r + 1;
+        }
+        let logits = forward_cached(dw, &new, &mut cache_refs)?;
+        for (i, &r) in active.iter().enumerate() {
+            next[r] = sample(&logits[i], params, &mut rngs[r]);
+        }
+    }
+}
+
+/// Errors from a one-row call name the row of the caller's batch.
+fn renumber(e: ModelError, r: usize) -> ModelError {
+    match e {
+        ModelError::EmptyRow { .. } => ModelError::EmptyRow { row: r },
+        ModelError::TooLong { len, max, .. } => ModelError::TooLong { row: r, len, max },
+        ModelError::TokenOutOfRange { pos, token, vocab, .. } => ModelError::TokenOutOfRange { row: r, pos, token, vocab },
+        other => other,
+    }
+}

@@ -1,0 +1,230 @@
+//! Causal self-attention with grouped-query heads over a packed batch.
+//!
+//! q is (N, Hq·hd), k and v are (N, Hkv·hd), already rotated; query head h reads key/value
+//! head `h / (Hq / Hkv)`. Within each row (a [`Span`]) token i attends to tokens 0..=i of the
+//! same row: `P = softmax(q kᵀ / sqrt(hd))` with the causal mask, `out = P v`. The forward
+//! saves P, one (L, L) block per (row, query head) in row-then-head order (zeros above the
+//! diagonal). Backward: `dP = dout vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`,
+//! `dq = dS k / sqrt(hd)`, `dk = dSᵀ q / sqrt(hd)`, `dv = Pᵀ dout`, with dk and dv summed over
+//! the query heads of a group. The fast version gathers each head into contiguous (L, hd)
+//! blocks and uses single-threaded gemm per (row, head), running heads in parallel.
+
+use super::Span;
+use super::matmul::{MmShape, Tr, matmul_serial};
+use rayon::prelude::*;
+
+/// Head counts and width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// Length of the saved-probabilities buffer for these rows.
+pub fn probs_len(spans: &[Span], shape: AttnShape) -> usize {
+    spans.iter().map(|s| shape.heads * s.len * s.len).sum()
+}
+
+/// Reference forward in f64: returns (out (N, Hq·hd), probs).
+pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], spans: &[Span], sh: AttnShape) -> (Vec<f32>, Vec<f32>) {
+    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let n = q.len() / qw;
+    let mut out = vec![0.0f32; n * qw];
+    let mut probs = vec![0.0f32; probs_len(spans, sh)];
+    let mut pbase = 0;
+    let scale = 1.0 / (hd as f64).sqrt();
+    for s in spans {
+        for h in 0..sh.heads {
+            let kh = h / sh.group();
+            for i in 0..s.len {
+                let qi = (s.offset + i) * qw + h * hd;
+                let scores: Vec<f64> = (0..=i).map(|j| {
+                    let kj = (s.offset + j) * kw + kh * hd;
+                    (0..hd).map(|c| q[qi + c] as f64 * k[kj + c] as f64).sum::<f64>() * scale
+                }).collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+                for (j, sc) in scores.iter().enumerate() {
+                    let p = (sc - max).exp() / z;
+                    probs[pbase + i * s.len + j] = p as f32;
+                    let vj = (s.offset + j) * kw + kh * hd;
+                    for c in 0..hd {
+                        out[qi + c] += (p * v[vj + c] as f64) as f32;
+                    }
+                }
+            }
+            pbase += s.len * s.len;
+        }
+    }
+    (out, probs)
+}
+
+/// Copies head `h` of rows `s` of x (N, width) into a contiguous (L, hd) block.
+fn gather(x: &[f32], width: usize, s: Span, h: usize, hd: usize) -> Vec<f32> {
+    let mut o = Vec::with_capacity(s.len * hd);
+    for t in s.offset..s.offset + s.len {
+        o.extend_from_slice(&x[t * width + h * hd..t * width + (h + 1) * hd]);
+    }
+    o
+}
+
+/// Adds a contiguous (L, hd) block back into head `h` of rows `s` of x (N, width).
+fn scatter_add(x: &mut [f32], width: usize, s: Span, h: usize, hd: usize, block: &[f32]) {
+    for (i, t) in (s.offset..s.offset + s.len).enumerate() {
+        for (a, b) in x[t * width + h * hd..t * width + (h + 1) * hd].iter_mut().zip(&block[i * hd..(i + 1) * hd]) {
+            *a += b;
+        }
+    }
+}
+
+/// Splits the probs buffer into one mutable (L, L) block per (row, head).
+fn prob_blocks<'a>(mut probs: &'a mut [f32], spans: &[Span], heads: usize) -> Vec<&'a mut [f32]> {
+    let mut blocks = Vec::with_capacity(spans.len() * heads);
+    for s in spans {
+        for _ in 0..heads {
+            let (a, rest) = std::mem::take(&mut probs).split_at_mut(s.len * s.len);
+            blocks.push(a);
+            probs = rest;
+        }
+    }
+    blocks
+}
+
+/// Fast forward: writes out (N, Hq·hd) and probs (see [`probs_len`]).
+pub fn attention(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], spans: &[Span], sh: AttnShape) {
+    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let tasks: Vec<(Span, usize)> = spans.iter().flat_map(|&s| (0..sh.heads).map(move |h| (s, h))).collect();
+    let blocks = prob_blocks(probs, spans, sh.heads);
+    let scale = sh.scale();
+    let outs: Vec<Vec<f32>> = tasks.par_iter().zip(blocks.into_par_iter()).map(|(&(s, h), p)| {
+        let l = s.len;
+        let qh = gather(q, qw, s, h, hd);
+        let kh = gather(k, kw, s, h / sh.group(), hd);
+        let vh = gather(v, kw, s, h / sh.group(), hd);
+        // p (L, L) = qh (L, hd) @ khᵀ, then the causal softmax row by row.
+        matmul_serial(p, &qh, Tr::N, &kh, Tr::T, MmShape { m: l, k: hd, n: l }, false);
+        for i in 0..l {
+            let row = &mut p[i * l..(i + 1) * l];
+            let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+            let mut z = 0.0f32;
+            for x in row[..=i].iter_mut() {
+                *x = (*x * scale - max).exp();
+                z += *x;
+            }
+            let inv = 1.0 / z;
+            row[..=i].iter_mut().for_each(|x| *x *= inv);
+            row[i + 1..].fill(0.0);
+        }
+        let mut o = vec![0.0f32; l * hd];
+        matmul_serial(&mut o, p, Tr::N, &vh, Tr::N, MmShape { m: l, k: l, n: hd }, false);
+        o
+    }).collect();
+    out.fill(0.0);
+    for (&(s, h), o) in tasks.iter().zip(&outs) {
+        scatter_add(out, qw, s, h, hd, o);
+    }
+}
+
+/// Reference backward in f64: returns (dq, dk, dv).
+pub fn attention_backward_ref(
+    dout: &[f32], q: &[f32], k: &[f32], v: &[f32], probs: &[f32], spans: &[Span], sh: AttnShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let (mut dq, mut dk, mut dv) = (vec![0.0f64; q.len()], vec![0.0f64; k.len()], vec![0.0f64; v.len()]);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut pbase = 0;
+    for s in spans {
+        for h in 0..sh.heads {
+            let kh = h / sh.group();
+            for i in 0..s.len {
+                let qi = (s.offset + i) * qw + h * hd;
+                let p = |j: usize| probs[pbase + i * s.len + j] as f64;
+                let dp: Vec<f64> = (0..=i).map(|j| {
+                    let vj = (s.offset + j) * kw + kh * hd;
+                    (0..hd).map(|c| dout[qi + c] as f64 * v[vj + c] as f64).sum()
+                }).collect();
+                let dot: f64 = (0..=i).map(|j| p(j) * dp[j]).sum();
+                for j in 0..=i {
+                    let ds = p(j) * (dp[j] - dot);
+                    let kj = (s.offset + j) * kw + kh * hd;
+                    for c in 0..hd {
+                        dq[qi + c] += ds * k[kj + c] as f64 * scale;
+                        dk[kj + c] += ds * q[qi + c] as f64 * scale;
+                        dv[kj + c] += p(j) * dout[qi + c] as f64;
+                    }
+                }
+            }
+            pbase += s.len * s.len;
+        }
+    }
+    let f = |x: Vec<f64>| x.into_iter().map(|v| v as f32).collect();
+    (f(dq), f(dk), f(dv))
+}
+
+/// Fast backward, accumulating into dq (N, Hq·hd), dk and dv (N, Hkv·hd). One task per
+/// (row, kv head) owns that head's dk/dv and its group's dq, so no two tasks write the same
+/// element and each sum runs in a fixed order.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dq: &mut [f32], dk: &mut [f32], dv: &mut [f32], dout: &[f32], q: &[f32], k: &[f32], v: &[f32], probs: &[f32],
+    spans: &[Span], sh: AttnShape,
+) {
+    let (hd, qw, kw, g) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.group());
+    let scale = sh.scale();
+    let mut pbase = Vec::with_capacity(spans.len());
+    let mut acc = 0;
+    for s in spans {
+        pbase.push(acc);
+        acc += sh.heads * s.len * s.len;
+    }
+    let tasks: Vec<(usize, usize)> = (0..spans.len()).flat_map(|r| (0..sh.kv_heads).map(move |kh| (r, kh))).collect();
+    type Grads = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+    let results: Vec<Grads> = tasks.par_iter().map(|&(r, kh)| {
+        let s = spans[r];
+        let l = s.len;
+        let kb = gather(k, kw, s, kh, hd);
+        let vb = gather(v, kw, s, kh, hd);
+        let (mut dkb, mut dvb) = (vec![0.0f32; l * hd], vec![0.0f32; l * hd]);
+        let mut dqs = Vec::with_capacity(g);
+        let mut dp = vec![0.0f32; l * l];
+        for h in kh * g..(kh + 1) * g {
+            let p = &probs[pbase[r] + h * l * l..pbase[r] + (h + 1) * l * l];
+            let qb = gather(q, qw, s, h, hd);
+            let dob = gather(dout, qw, s, h, hd);
+            // dv (L, hd) += pᵀ (L, L) @ dout (L, hd)
+            matmul_serial(&mut dvb, p, Tr::T, &dob, Tr::N, MmShape { m: l, k: l, n: hd }, true);
+            // dp (L, L) = dout (L, hd) @ vᵀ, then dS = p ⊙ (dp - rowsum(p ⊙ dp)) · scale in place.
+            matmul_serial(&mut dp, &dob, Tr::N, &vb, Tr::T, MmShape { m: l, k: hd, n: l }, false);
+            for i in 0..l {
+                let (pr, dr) = (&p[i * l..(i + 1) * l], &mut dp[i * l..(i + 1) * l]);
+                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
+                for j in 0..l {
+                    dr[j] = if j <= i { pr[j] * (dr[j] - dot) * scale } else { 0.0 };
+                }
+            }
+            let mut dqb = vec![0.0f32; l * hd];
+            matmul_serial(&mut dqb, &dp, Tr::N, &kb, Tr::N, MmShape { m: l, k: l, n: hd }, false);
+            matmul_serial(&mut dkb, &dp, Tr::T, &qb, Tr::N, MmShape { m: l, k: l, n: hd }, true);
+            dqs.push(dqb);
+        }
+        (dqs, dkb, dvb)
+    }).collect();
+    for (&(r, kh), (dqs, dkb, dvb)) in tasks.iter().zip(&results) {
+        let s = spans[r];
+        for (i, dqb) in dqs.iter().enumerate() {
+            scatter_add(dq, qw, s, kh * g + i, hd, dqb);
+        }
+        scatter_add(dk, kw, s, kh, hd, dkb);
+        scatter_add(dv, kw, s, kh, hd, dvb);
+    }
+}

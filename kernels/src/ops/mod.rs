@@ -1,0 +1,84 @@
+//! The engine's ops on the CPU, one file per concept, each with a slow obvious reference
+//! (`*_ref`, the specification: plain loops, f64 accumulation, never optimised) next to the
+//! fast version the model calls (gemm, rayon, cache-friendly loops), and a hand-written
+//! backward for every forward. `tests/parity.rs` compares fast with reference and
+//! `tests/gradcheck.rs` compares every backward with finite differences.
+//!
+//! Conventions: tensors are row-major `&[f32]` with the shape in the doc comment, e.g. `x` is
+//! (N, D) for N tokens of width D. A batch of rows of different lengths is packed: row r owns
+//! tokens `offset_r .. offset_r + len_r` (a [`Span`]); attention never crosses rows.
+//! Backward functions *accumulate* into their gradient outputs (`+=`) so that residual
+//! branches and tied weights add up without extra buffers. Reductions over tokens run in an
+//! order fixed by the data, never by the thread count, so results are bit-identical with one
+//! thread or many.
+
+pub mod attention;
+pub mod embedding;
+pub mod loss;
+pub mod matmul;
+pub mod norm;
+pub mod rope;
+pub mod swiglu;
+
+/// One row of a packed batch: tokens `offset .. offset + len` of the (N, ·) tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Spans for rows of the given lengths, packed back to back.
+pub fn spans_of(lens: impl IntoIterator<Item = usize>) -> Vec<Span> {
+    let mut offset = 0;
+    lens.into_iter()
+        .map(|len| {
+            let s = Span { offset, len };
+            offset += len;
+            s
+        })
+        .collect()
+}
+
+/// Checks `|got - want| <= atol + rtol * |want|` elementwise; the error names the worst index
+/// (largest excess over its tolerance) with both values, so a failing test says where.
+pub fn check_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: length {} != expected {}", got.len(), want.len()));
+    }
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        let bad = excess > 0.0 || g.is_nan() != w.is_nan();
+        if bad && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
+            worst = Some((i, excess));
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!(
+            "{what}: worst index {i}: got {} want {} (|diff| {} > atol {atol} + rtol {rtol} * |want|)",
+            got[i], want[i], (got[i] - want[i]).abs()
+        )),
+    }
+}
+
+/// Dot product in f32 with 16 independent lanes so the compiler vectorises it; the summation
+/// order depends only on the length, never on threads.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = 0.0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    acc.iter().sum::<f32>() + s
+}
