@@ -375,13 +375,19 @@ fn grade_task(spec: &JudgeSpec, text: &str) -> f32 {
     let t = text.to_lowercase();
     let fr = frame(spec).expect("task families have a frame");
     let prefix = fr.prefix.to_lowercase();
-    let (form, value) = if let Some(pos) = t.find(&prefix) {
-        let rest = &t[pos + prefix.len()..];
-        let (value, after) = match rest.find(fr.suffix) {
-            Some(end) => (&rest[..end], &rest[end + fr.suffix.len()..]),
-            None => (rest, ""),
+    // A missing final period is not a formatting error: compare without it.
+    let t_open = t.trim_end().trim_end_matches('.').trim_end();
+    let suffix = fr.suffix.trim_end_matches('.');
+    let (form, value) = if let Some(pos) = t_open.find(&prefix) {
+        let rest = &t_open[pos + prefix.len()..];
+        // The value runs to the suffix, or (suffix ".") to the end of the sentence.
+        let end = if suffix.is_empty() { rest.find(". ") } else { rest.find(suffix) };
+        let (value, after, closed) = match end {
+            Some(e) if suffix.is_empty() => (&rest[..e], &rest[e..], true),
+            Some(e) => (&rest[..e], &rest[e + suffix.len()..], true),
+            None => (rest, "", suffix.is_empty()),
         };
-        let exact = pos == 0 && after.trim().is_empty() && rest.contains(fr.suffix);
+        let exact = pos == 0 && closed && after.trim().is_empty();
         (if exact { Form::Exact } else { Form::Filler }, value.to_string())
     } else {
         (Form::Loose, t.clone())
