@@ -304,3 +304,15 @@ fn schema_check_accepts_read_back_tables_and_rejects_wrong_types() {
     let err = schema::check_schema(&back, &schema::sft_schema(), "p").unwrap_err().to_string();
     assert!(err.contains("messages"), "{err}");
 }
+
+#[test]
+fn empty_tables_round_trip_with_their_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.parquet");
+    let empty = schema::sft_batch(&[], "sft").unwrap();
+    write_parquet(&path, &empty).unwrap();
+    let back = read_parquet(&path).unwrap();
+    assert_eq!(back.num_rows(), 0);
+    assert_eq!(back.schema(), schema::sft_schema());
+    assert_eq!(table_hash(&back).unwrap(), table_hash(&empty).unwrap());
+}
