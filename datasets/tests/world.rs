@@ -236,3 +236,24 @@ fn every_word_country_request_and_topic_is_in_training_and_in_eval() {
     let prompts: HashSet<&str> = str_values(&b, "prompt", "b").unwrap().into_iter().collect();
     assert_eq!(prompts.len(), vocab::BORDERLINE_TOPICS.len() * 2, "two held-out phrasings per topic");
 }
+
+#[test]
+fn every_word_of_eval_prompts_and_answers_occurs_in_pretraining_text() {
+    // A tokenizer trained on `pretrain` must know every word the evaluation uses.
+    let w = generate(&WorldConfig::standard(13)).unwrap();
+    let split_words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|x| !x.is_empty()).map(str::to_lowercase).collect()
+    };
+    let mut known: HashSet<String> = HashSet::new();
+    for t in str_values(&w.pretrain, "text", "pretrain").unwrap() {
+        known.extend(split_words(t));
+    }
+    for split in [Split::Eval, Split::EvalBorderline] {
+        let t = w.table(split);
+        for (p, row) in str_values(t, "prompt", "e").unwrap().iter().zip(judge_inputs(t, "e").unwrap()) {
+            let text = format!("{p} {}", canonical_answer(&row.spec));
+            let missing: Vec<String> = split_words(&text).into_iter().filter(|x| !known.contains(x)).collect();
+            assert!(missing.is_empty(), "{text:?}: {missing:?} never occur in pretraining text");
+        }
+    }
+}
