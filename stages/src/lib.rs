@@ -1,1 +1,18 @@
-//! Placeholder: replaced by the owner of this crate.
+//! alignflow's stage kinds, one file each, and the registry that lists them. Only this crate
+//! knows what a stage means: it joins the graph's stage contract to the data (`datasets`) and
+//! the engine (`kernels`). Also the CLI's helpers that need those crates: progress display,
+//! `show` rendering, and the generated stage reference.
+
+mod common;
+
+pub mod assistant_world;
+pub mod docs;
+pub mod jsonl;
+pub mod parquet;
+pub mod progress;
+pub mod registry;
+pub mod show;
+pub mod tokenize;
+pub mod train_tokenizer;
+
+pub use registry::registry;

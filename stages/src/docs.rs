@@ -1,0 +1,39 @@
+//! Generates the stage-kind reference of docs/pipeline-format.md from the registry, so the
+//! documented ports and parameters are the ones the checker enforces.
+
+use std::fmt::Write as _;
+
+use graph::{ParamValue, Registry};
+
+/// Markdown: one section per kind with its doc, inputs, outputs and parameters.
+pub fn stage_reference(registry: &Registry) -> String {
+    let mut out = String::new();
+    for s in registry.stages() {
+        let _ = writeln!(out, "### `{}` (version {})\n\n{}\n", s.kind(), s.version(), s.doc());
+        let r = s.resources();
+        let _ = writeln!(out, "Default resources: cpus = {}, gpus = {}.{}\n", r.cpus, r.gpus, if s.row_port().is_some() { " Row-wise (memoised per row)." } else { "" });
+        let ports = |title: &str, ports: Vec<graph::Port>, out: &mut String| {
+            if ports.is_empty() {
+                return;
+            }
+            let _ = writeln!(out, "{title}:\n\n| port | type | doc |\n| --- | --- | --- |");
+            for p in ports {
+                let opt = if p.optional { " (optional)" } else { "" };
+                let _ = writeln!(out, "| `{}` | {}{opt} | {} |", p.name, p.ty.name(), p.doc);
+            }
+            out.push('\n');
+        };
+        ports("Inputs", s.inputs(), &mut out);
+        ports("Outputs", s.outputs(), &mut out);
+        let params = s.params();
+        if !params.is_empty() {
+            let _ = writeln!(out, "Parameters:\n\n| name | type | default | doc |\n| --- | --- | --- | --- |");
+            for p in params {
+                let d = p.default.as_ref().map(ParamValue::display).unwrap_or_else(|| "required".into());
+                let _ = writeln!(out, "| `{}` | {} | {} | {} |", p.name, p.ty.describe(), d, p.doc);
+            }
+            out.push('\n');
+        }
+    }
+    out
+}

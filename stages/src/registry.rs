@@ -1,0 +1,38 @@
+//! The one list of stage kinds. Adding a kind = one file + one line here.
+
+use std::sync::Arc;
+
+use graph::Registry;
+
+/// Every registered stage kind.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(Arc::new(crate::assistant_world::AssistantWorld));
+    r.register(Arc::new(crate::parquet::ParquetSource));
+    r.register(Arc::new(crate::jsonl::JsonlSource));
+    r.register(Arc::new(crate::train_tokenizer::TrainTokenizer));
+    r.register(Arc::new(crate::tokenize::Tokenize));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_well_formed() {
+        let r = registry();
+        assert_eq!(r.kinds().count(), 5);
+        for s in r.stages() {
+            let mut names: Vec<_> = s.params().iter().map(|p| p.name).collect();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n, "{}: duplicate parameter", s.kind());
+            assert!(!s.outputs().is_empty(), "{} has no outputs", s.kind());
+            if let Some(p) = s.row_port() {
+                assert!(s.inputs().iter().any(|i| i.name == p), "{}: row port {p} is not an input", s.kind());
+            }
+        }
+    }
+}
