@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod checkpoint;
+pub mod gguf;
 pub mod tokenizer;
 pub mod chat;
 pub mod model_dir;
