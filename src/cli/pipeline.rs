@@ -1,14 +1,207 @@
-//! Placeholder: replaced by the owner of these commands.
+//! Pipeline commands: `run`, `plan`, `show`, `check`. Parsing and printing only; the work is in
+//! `graph` (check, plan, store, runtime) and `stages` (kinds, progress, rendering).
+//!
+//! Exit status: 2 for a bad pipeline file (every problem printed as
+//! `FILE:LINE:COL: error: MESSAGE`), 1 when a stage fails or the workspace is locked, else 0.
 
-use clap::Subcommand;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+/// The workspace used when `--workspace` is not given (relative to the current directory).
+const DEFAULT_WORKSPACE: &str = ".alignflow";
 
 #[derive(Subcommand)]
 pub enum PipelineCommand {
-    #[command(hide = true, name = "__placeholder_pipeline")]
-    Placeholder,
+    /// Run a pipeline: stages whose fingerprint is in the workspace are skipped, row-wise
+    /// stages compute only new or changed rows.
+    Run(RunArgs),
+    /// For every stage: cached, or why it will run (which input, parameter or code version
+    /// changed since the last run in this workspace). Runs nothing.
+    Plan {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        /// Workspace directory holding artifacts, memo tables and run records.
+        #[arg(long, default_value = DEFAULT_WORKSPACE)]
+        workspace: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an artifact: "stage.output" (or "stage@round.output") of the last run in the
+    /// workspace, or a path to an artifact directory or Parquet file.
+    Show {
+        artifact: String,
+        /// How many table rows to print.
+        #[arg(long, default_value_t = 5)]
+        rows: usize,
+        #[arg(long, default_value = DEFAULT_WORKSPACE)]
+        workspace: PathBuf,
+        /// Which pipeline's last run resolves "stage.output" (default: the latest run).
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Check a pipeline file without reading any data; report every problem with
+    /// FILE:LINE:COL (exit status 2 if there is any).
+    Check {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+    },
 }
 
-pub fn run(_c: PipelineCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML).
+    file: PathBuf,
+    /// Workspace directory holding artifacts, memo tables and run records.
+    #[arg(long, default_value = DEFAULT_WORKSPACE)]
+    workspace: PathBuf,
+    /// Timely worker threads that row-wise stages split their rows over (default: all cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// CPUs shared by stages running at the same time (default: all cores).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// GPUs shared by stages running at the same time.
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// Print one JSON object describing the run on stdout at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(c: PipelineCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        PipelineCommand::Check { file } => Ok(match load(&file) {
+            Ok(p) => {
+                println!("{}: ok ({} stages, {} loops)", file.display(), p.stages.len(), p.loops.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        PipelineCommand::Plan { file, workspace, json } => plan(&file, &workspace, json),
+        PipelineCommand::Run(args) => run_pipeline(&args),
+        PipelineCommand::Show { artifact, rows, workspace, pipeline } => show(&artifact, rows, &workspace, pipeline.as_deref()),
+    }
+}
+
+/// Reads and checks a pipeline file; on problems prints them all and yields exit status 2.
+fn load(file: &Path) -> Result<graph::Pipeline, ExitCode> {
+    let name = file.display().to_string();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}:1:1: error: cannot read the pipeline file: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    graph::check(&text, &stages::registry()).map_err(|diags| {
+        for d in &diags {
+            eprintln!("{}", d.render(&name));
+        }
+        eprintln!("{name}: {} problem{}", diags.len(), if diags.len() == 1 { "" } else { "s" });
+        ExitCode::from(2)
+    })
+}
+
+fn make_plan(file: &Path, pipeline: graph::Pipeline) -> anyhow::Result<graph::Plan> {
+    let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    graph::plan(pipeline, &stages::registry(), base).with_context(|| format!("planning {}", file.display()))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn run_pipeline(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(&a.file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let plan = make_plan(&a.file, pipeline)?;
+    let opts = graph::RunOptions {
+        workers: a.workers.unwrap_or_else(cores).max(1),
+        cpus: a.cpus.unwrap_or(cores() as u32).max(1),
+        gpus: a.gpus,
+    };
+    let store = graph::Store::at(&a.workspace);
+    let report = graph::run(&plan, &stages::registry(), &store, &opts, stages::progress::for_stderr())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report.to_json())?);
+    }
+    let count = |s: graph::Status| report.stages.iter().filter(|r| r.status == s).count();
+    eprintln!(
+        "{}: {} ran, {} partial, {} cached, {} failed, {} skipped in {:.2} s",
+        report.pipeline,
+        count(graph::Status::Ran),
+        count(graph::Status::Partial),
+        count(graph::Status::Cached),
+        count(graph::Status::Failed),
+        count(graph::Status::Skipped),
+        report.seconds
+    );
+    for r in report.stages.iter().filter(|r| r.status == graph::Status::Failed) {
+        eprintln!("error: {}", r.error.as_deref().unwrap_or("failed"));
+    }
+    Ok(if report.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn plan(file: &Path, workspace: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let pipeline = match load(file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let plan = make_plan(file, pipeline)?;
+    let entries = graph::explain(&plan, &graph::Store::at(workspace));
+    if json {
+        let stages: Vec<_> = entries.iter().map(|e| e.to_json()).collect();
+        println!("{}", serde_json::json!({ "pipeline": plan.pipeline.name, "stages": stages }));
+    } else {
+        for e in &entries {
+            if e.cached {
+                println!("cached    {} ({})", e.name, e.kind);
+            } else {
+                println!("will run  {} ({}): {}", e.name, e.kind, e.reasons.join("; "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(artifact: &str, rows: usize, workspace: &Path, pipeline: Option<&str>) -> anyhow::Result<ExitCode> {
+    let path = Path::new(artifact);
+    let dir = if path.exists() { path.to_path_buf() } else { resolve(artifact, workspace, pipeline)? };
+    print!("{}", stages::show::render(&dir, rows)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "stage.output" or "stage@round.output" -> the artifact directory of the last run. Without a
+/// round, a loop stage resolves to its last round.
+fn resolve(artifact: &str, workspace: &Path, pipeline: Option<&str>) -> anyhow::Result<PathBuf> {
+    let store = graph::Store::at(workspace);
+    let Some((stage, output)) = artifact.rsplit_once('.') else {
+        bail!("{artifact:?} is neither a path nor a \"stage.output\" reference");
+    };
+    let name = match pipeline.map(String::from).or_else(|| store.latest_pipeline()) {
+        Some(n) => n,
+        None => bail!("no run recorded in workspace {}", workspace.display()),
+    };
+    let Some(record) = store.last_run(&name) else { bail!("no run of pipeline `{name}` in workspace {}", workspace.display()) };
+    let inst = record
+        .instances
+        .iter()
+        .filter(|(k, r)| k.as_str() == stage || (r.stage == stage && !stage.contains('@')))
+        .max_by_key(|(_, r)| r.round)
+        .map(|(_, r)| r);
+    let Some(inst) = inst else { bail!("pipeline `{name}` has no stage `{stage}` in its last run") };
+    if !inst.outputs.contains_key(output) {
+        let known: Vec<_> = inst.outputs.keys().cloned().collect();
+        bail!("stage `{stage}` has no output `{output}`; its outputs are: {}", known.join(", "));
+    }
+    if store.manifest(&inst.fingerprint).is_none() {
+        bail!("the artifact of `{stage}` is no longer complete in the store; run the pipeline again");
+    }
+    Ok(store.output_dir(&inst.fingerprint, output))
 }

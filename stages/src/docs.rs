@@ -37,3 +37,25 @@ pub fn stage_reference(registry: &Registry) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/pipeline-format.md ends with the generated reference. Regenerate it with
+    /// `ALIGNFLOW_BLESS=1 cargo test -p stages docs`.
+    #[test]
+    fn pipeline_format_doc_matches_the_registry() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/pipeline-format.md");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let marker = "## Stage kinds\n";
+        let at = text.find(marker).expect("the doc has a `## Stage kinds` section");
+        let head_end = text[at..].find("\n\n### ").map(|i| at + i + 2).unwrap_or(text.len());
+        let generated = stage_reference(&crate::registry());
+        if std::env::var_os("ALIGNFLOW_BLESS").is_some() {
+            std::fs::write(&path, format!("{}{generated}", &text[..head_end])).unwrap();
+            return;
+        }
+        assert_eq!(&text[head_end..], generated, "docs/pipeline-format.md is stale; run with ALIGNFLOW_BLESS=1");
+    }
+}

@@ -13,6 +13,7 @@ pub mod progress;
 pub mod registry;
 pub mod show;
 pub mod tokenize;
+pub mod train;
 pub mod train_tokenizer;
 
 pub use registry::registry;
