@@ -6,12 +6,14 @@
 
 pub mod config;
 pub mod checkpoint;
-pub mod gguf;
 pub mod tokenizer;
 pub mod chat;
 pub mod model_dir;
+pub mod gguf;
 pub mod device;
 pub mod rng;
 pub mod ops;
 pub mod model;
 pub mod generate;
+pub mod optim;
+pub mod schedule;

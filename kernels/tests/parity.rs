@@ -1,0 +1,157 @@
+//! Fast CPU ops against their slow references (house style: compute the same answer two
+//! ways), on shapes that exercise edges: rows of different lengths, a length-1 row, grouped
+//! heads, widths not a multiple of the SIMD lanes. Tolerances grow with magnitude
+//! (`|got - ref| <= atol + rtol·|ref|`) and failures name the worst index.
+
+use kernels::ops::attention::{AttnShape, attention, attention_backward, attention_backward_ref, attention_ref, probs_len};
+use kernels::ops::matmul::{MmShape, Tr, WeightRef, linear_few_rows, matmul, matmul_ref, to_bf16_bits};
+use kernels::ops::{check_close, embedding, loss, norm, rope, spans_of, swiglu};
+use kernels::rng::Rng;
+
+fn randn(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.normal() as f32 * scale).collect()
+}
+
+#[test]
+fn matmul_all_transposes_and_accumulate() {
+    for (i, &(m, k, n)) in [(1, 1, 1), (7, 13, 5), (64, 33, 70), (130, 96, 65)].iter().enumerate() {
+        for ta in [Tr::N, Tr::T] {
+            for tb in [Tr::N, Tr::T] {
+                for acc in [false, true] {
+                    let s = MmShape { m, k, n };
+                    let a = randn(m * k, 1 + i as u64, 1.0);
+                    let b = randn(k * n, 2 + i as u64, 1.0);
+                    let c0 = randn(m * n, 3, 1.0);
+                    let (mut want, mut got) = (c0.clone(), c0.clone());
+                    matmul_ref(&mut want, &a, ta, &b, tb, s, acc);
+                    matmul(&mut got, &a, ta, &b, tb, s, acc);
+                    check_close(&format!("matmul {s:?} {ta:?}{tb:?} acc={acc}"), &got, &want, 1e-4, 1e-4).unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_few_rows_f32_and_bf16() {
+    let (m, k, n) = (3, 100, 150);
+    let x = randn(m * k, 4, 1.0);
+    let w = randn(n * k, 5, 0.1);
+    let mut want = vec![0.0; m * n];
+    matmul_ref(&mut want, &x, Tr::N, &w, Tr::T, MmShape { m, k, n }, false);
+    let mut got = vec![0.0; m * n];
+    linear_few_rows(&mut got, &x, WeightRef::F32(&w), m, k, n);
+    check_close("linear_few_rows f32", &got, &want, 1e-4, 1e-4).unwrap();
+    let wb: Vec<u16> = w.iter().map(|&v| to_bf16_bits(v)).collect();
+    let wr: Vec<f32> = wb.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect();
+    matmul_ref(&mut want, &x, Tr::N, &wr, Tr::T, MmShape { m, k, n }, false);
+    linear_few_rows(&mut got, &x, WeightRef::Bf16(&wb), m, k, n);
+    check_close("linear_few_rows bf16", &got, &want, 1e-4, 1e-4).unwrap();
+}
+
+#[test]
+fn rmsnorm_forward_and_backward() {
+    let (n, d) = (70, 37);
+    let x = randn(n * d, 6, 2.0);
+    let w = randn(d, 7, 1.0);
+    let (y_ref, r_ref) = norm::rmsnorm_ref(&x, &w, 1e-5);
+    let (mut y, mut r) = (vec![0.0; n * d], vec![0.0; n]);
+    norm::rmsnorm(&mut y, &mut r, &x, &w, 1e-5);
+    check_close("rmsnorm y", &y, &y_ref, 1e-5, 1e-5).unwrap();
+    check_close("rmsnorm rstd", &r, &r_ref, 1e-6, 1e-5).unwrap();
+    let dy = randn(n * d, 8, 1.0);
+    let (dx_ref, dw_ref) = norm::rmsnorm_backward_ref(&dy, &x, &w, &r_ref);
+    let (mut dx, mut dw) = (vec![0.0; n * d], vec![0.0; d]);
+    norm::rmsnorm_backward(&mut dx, &mut dw, &dy, &x, &w, &r);
+    check_close("rmsnorm dx", &dx, &dx_ref, 1e-5, 1e-4).unwrap();
+    check_close("rmsnorm dw", &dw, &dw_ref, 1e-4, 1e-4).unwrap();
+}
+
+#[test]
+fn rope_table_matches_direct_angles_both_directions() {
+    let (n, heads, hd) = (9, 3, 8);
+    let pos: Vec<usize> = vec![0, 1, 2, 5, 0, 40, 41, 3, 100];
+    let table = rope::RopeTable::new(hd, 10000.0, 128);
+    for dir in [rope::Direction::Forward, rope::Direction::Inverse] {
+        let x = randn(n * heads * hd, 9, 1.0);
+        let (mut a, mut b) = (x.clone(), x.clone());
+        rope::rope_ref(&mut a, &pos, heads, hd, 10000.0, dir);
+        rope::rope(&mut b, &pos, heads, &table, dir);
+        check_close(&format!("rope {dir:?}"), &b, &a, 1e-5, 1e-5).unwrap();
+    }
+}
+
+#[test]
+fn attention_forward_and_backward_with_gqa_and_ragged_rows() {
+    let spans = spans_of([5, 1, 17, 8]);
+    let n: usize = 31;
+    let sh = AttnShape { heads: 6, kv_heads: 2, head_dim: 12 };
+    let q = randn(n * 6 * 12, 10, 1.0);
+    let k = randn(n * 2 * 12, 11, 1.0);
+    let v = randn(n * 2 * 12, 12, 1.0);
+    let (out_ref, p_ref) = attention_ref(&q, &k, &v, &spans, sh);
+    let (mut out, mut p) = (vec![0.0; n * 72], vec![0.0; probs_len(&spans, sh)]);
+    attention(&mut out, &mut p, &q, &k, &v, &spans, sh);
+    check_close("attention out", &out, &out_ref, 1e-5, 1e-4).unwrap();
+    check_close("attention probs", &p, &p_ref, 1e-6, 1e-4).unwrap();
+    let dout = randn(n * 72, 13, 1.0);
+    let (dq_r, dk_r, dv_r) = attention_backward_ref(&dout, &q, &k, &v, &p_ref, &spans, sh);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &p, &spans, sh);
+    check_close("attention dq", &dq, &dq_r, 1e-5, 1e-4).unwrap();
+    check_close("attention dk", &dk, &dk_r, 1e-5, 1e-4).unwrap();
+    check_close("attention dv", &dv, &dv_r, 1e-5, 1e-4).unwrap();
+}
+
+#[test]
+fn swiglu_forward_and_backward() {
+    let n = 5000; // more than one parallel chunk
+    let g = randn(n, 14, 3.0);
+    let u = randn(n, 15, 1.0);
+    let mut a = vec![0.0; n];
+    swiglu::swiglu(&mut a, &g, &u);
+    check_close("swiglu", &a, &swiglu::swiglu_ref(&g, &u), 1e-6, 1e-5).unwrap();
+    let da = randn(n, 16, 1.0);
+    let (dg_r, du_r) = swiglu::swiglu_backward_ref(&da, &g, &u);
+    let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+    swiglu::swiglu_backward(&mut dg, &mut du, &da, &g, &u);
+    check_close("swiglu dg", &dg, &dg_r, 1e-6, 1e-5).unwrap();
+    check_close("swiglu du", &du, &du_r, 1e-6, 1e-5).unwrap();
+}
+
+#[test]
+fn embedding_forward_and_backward_with_repeated_tokens() {
+    let (v, d) = (11, 40);
+    let table = randn(v * d, 17, 1.0);
+    let tokens = vec![3, 3, 0, 10, 3, 7];
+    let mut x = vec![0.0; tokens.len() * d];
+    embedding::embedding(&mut x, &table, d, &tokens);
+    assert_eq!(x, embedding::embedding_ref(&table, d, &tokens));
+    let dx = randn(tokens.len() * d, 18, 1.0);
+    let (mut a, mut b) = (vec![0.0; v * d], vec![0.0; v * d]);
+    embedding::embedding_backward_ref(&mut a, d, &tokens, &dx);
+    embedding::embedding_backward(&mut b, d, &tokens, &dx);
+    assert_eq!(a, b, "same order of additions gives identical bits");
+}
+
+#[test]
+fn logprobs_cross_entropy_and_fused_backward() {
+    let (n, v) = (9, 50);
+    let logits = randn(n * v, 19, 4.0);
+    let targets = vec![3, -100, 49, 0, 7, -100, 12, 12, 1];
+    let lp = loss::token_logprobs(&logits, v, &targets);
+    check_close("logprobs", &lp, &loss::token_logprobs_ref(&logits, v, &targets), 1e-5, 1e-5).unwrap();
+    assert_eq!(lp[1], 0.0);
+    let coef = randn(n, 20, 1.0);
+    let mut d = vec![1.0; n * v];
+    loss::logprob_backward(&mut d, &logits, v, &targets, &coef);
+    check_close("dlogits", &d, &loss::logprob_backward_ref(&logits, v, &targets, &coef), 1e-6, 1e-5).unwrap();
+    let (l, dl) = loss::cross_entropy(&logits, v, &targets);
+    let (l_r, dl_r) = loss::cross_entropy_ref(&logits, v, &targets);
+    assert!((l - l_r).abs() <= 1e-5 * l_r.abs(), "{l} vs {l_r}");
+    check_close("ce dlogits", &dl, &dl_r, 1e-7, 1e-5).unwrap();
+    let (l0, d0) = loss::cross_entropy(&logits, v, &[-100; 9]);
+    assert_eq!(l0, 0.0);
+    assert!(d0.iter().all(|&x| x == 0.0), "no scored token, no gradient");
+}
