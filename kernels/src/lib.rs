@@ -17,3 +17,4 @@ pub mod model;
 pub mod generate;
 pub mod optim;
 pub mod schedule;
+pub mod bench;

@@ -211,3 +211,34 @@ unsafe fn dot_bf16_avx2(a: &[f32], w: &[u16]) -> f32 {
 pub fn to_bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
+
+/// Sum of a slice with AVX2 when present (used to measure read bandwidth).
+pub fn sum_fast(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was detected at run time.
+            return unsafe { sum_avx2(x) };
+        }
+    }
+    sum_plain(x)
+}
+
+#[inline(always)]
+fn sum_plain(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 32];
+    let c = x.chunks_exact(32);
+    let r: f32 = c.remainder().iter().sum();
+    for v in c {
+        for l in 0..32 {
+            acc[l] += v[l];
+        }
+    }
+    acc.iter().sum::<f32>() + r
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(x: &[f32]) -> f32 {
+    sum_plain(x)
+}
