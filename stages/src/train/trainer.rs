@@ -12,12 +12,30 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use kernels::checkpoint::{load_tensors, save_tensors, HostTensor, SaveDtype, TensorMap};
-use kernels::model::{Grads, Llama};
+use kernels::checkpoint::{load_tensors, save_tensors, SaveDtype, TensorMap};
+use kernels::model::Llama;
+use kernels::optim::{lm_train_step, mean_ce_micro_batches, AdamW, AdamWConfig};
 
 use super::examples::Example;
-use super::optim::{clip_global_norm, lr_at, AdamW, AdamWConfig, Schedule};
 use super::packing::{pack_epoch, PackedRow};
+
+/// The shape of the learning-rate curve after the linear warm-up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// Cosine from the peak down to `min_lr_ratio` × peak at the last step (Llama 2: 0.1).
+    Cosine { min_lr_ratio: f32 },
+    Constant,
+}
+
+impl Schedule {
+    /// The engine's schedule for a run of `total` steps.
+    fn engine(self, warmup: usize, total: usize) -> kernels::schedule::Schedule {
+        match self {
+            Schedule::Cosine { min_lr_ratio } => kernels::schedule::Schedule::Cosine { warmup_steps: warmup as u64, total_steps: total as u64, floor: min_lr_ratio },
+            Schedule::Constant => kernels::schedule::Schedule::Constant { warmup_steps: warmup as u64 },
+        }
+    }
+}
 
 /// Everything that changes the result of a training run. No `Default`: every field is a
 /// decision of the caller (the stage's parameters).
@@ -30,12 +48,12 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Optimiser steps; 0 = as many as `epochs` needs.
     pub max_steps: usize,
-    pub lr: f64,
+    pub lr: f32,
     pub warmup_steps: usize,
     pub schedule: Schedule,
-    pub weight_decay: f64,
+    pub weight_decay: f32,
     /// Global gradient-norm clip; 0 = none.
-    pub clip: f64,
+    pub clip: f32,
     pub seed: u64,
     /// Appended after an example that does not end with it (usually EOS).
     pub separator: Option<u32>,
@@ -70,7 +88,7 @@ pub struct LossPoint {
     /// 1-based: the loss of the step that made the model `step` updates old.
     pub step: usize,
     pub loss: f32,
-    pub lr: f64,
+    pub lr: f32,
     pub grad_norm: f32,
     /// Tokens that carried loss in this step.
     pub scored_tokens: usize,
@@ -165,7 +183,8 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
     }
     let total = total_steps(cfg, stream.rows_per_epoch);
     let key = run_key(model, examples, cfg);
-    let mut opt = AdamW::new(model, AdamWConfig::llama2(cfg.weight_decay));
+    let mut opt = AdamW::new(AdamWConfig::llama2(cfg.weight_decay), model);
+    let schedule = cfg.schedule.engine(cfg.warmup_steps, total);
     let mut curve = Vec::with_capacity(total);
     let mut start = 0;
     if let Some(dir) = &opts.checkpoint_dir {
@@ -181,7 +200,7 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
             return Ok(TrainOutcome { curve, total_steps: total, steps_done: step, resumed_from: start, rows_per_epoch: stream.rows_per_epoch });
         }
         let rows: Vec<PackedRow> = (step * per_step..(step + 1) * per_step).map(|i| stream.row(i)).collect();
-        let lr = lr_at(step, total, cfg.warmup_steps, cfg.lr, cfg.schedule);
+        let lr = schedule.lr(cfg.lr, step as u64);
         let point = one_step(model, &mut opt, &rows, cfg, step, lr)?;
         progress.step(&point);
         curve.push(point);
@@ -196,27 +215,19 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
     Ok(TrainOutcome { curve, total_steps: total, steps_done: total, resumed_from: start, rows_per_epoch: stream.rows_per_epoch })
 }
 
-/// Forward and backward over the step's micro-batches, clip, update.
-fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainConfig, step: usize, lr: f64) -> Result<LossPoint, TrainError> {
+/// Forward and backward over the step's micro-batches (the engine's step: mean
+/// cross-entropy over the whole step, clipping, AdamW).
+fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainConfig, step: usize, lr: f32) -> Result<LossPoint, TrainError> {
     let scored: usize = rows.iter().map(PackedRow::scored).sum();
-    let w = if scored == 0 { 0.0 } else { 1.0 / scored as f32 };
-    let mut grads = Grads::zeros(model);
-    let mut loss = 0.0f64;
-    for micro in rows.chunks(cfg.batch_size) {
-        let ids: Vec<Vec<u32>> = micro.iter().map(|r| r.ids.clone()).collect();
-        let targets: Vec<Vec<i32>> = micro.iter().map(|r| r.targets.clone()).collect();
-        let weights: Vec<Vec<f32>> = micro.iter().map(|r| vec![w; r.ids.len()]).collect();
-        let (l, g) = model.weighted_nll_grads(&ids, &targets, &weights).map_err(|source| TrainError::Model { step, source })?;
-        loss += l as f64;
-        grads.add_assign(&g);
+    let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
+    let targets: Vec<Vec<i32>> = rows.iter().map(|r| r.targets.clone()).collect();
+    let micro = mean_ce_micro_batches(&ids, &targets, cfg.batch_size);
+    let clip = (cfg.clip > 0.0).then_some(cfg.clip);
+    let r = lm_train_step(model, opt, &micro, lr, clip).map_err(|source| TrainError::Model { step, source })?;
+    if !r.loss.is_finite() {
+        return Err(TrainError::Diverged { step, loss: r.loss });
     }
-    let loss = loss as f32;
-    if !loss.is_finite() {
-        return Err(TrainError::Diverged { step, loss });
-    }
-    let grad_norm = clip_global_norm(&mut grads, cfg.clip);
-    opt.update(model, &grads, lr);
-    Ok(LossPoint { step: step + 1, loss, lr, grad_norm, scored_tokens: scored })
+    Ok(LossPoint { step: step + 1, loss: r.loss, lr, grad_norm: r.grad_norm, scored_tokens: scored })
 }
 
 /// blake3 over what a checkpoint's validity depends on: the configuration, the examples and
@@ -226,7 +237,7 @@ fn run_key(model: &Llama, examples: &[Example], cfg: &TrainConfig) -> String {
     h.update(cfg.canonical().as_bytes());
     h.update(format!("{:?}", model.config).as_bytes());
     for p in model.params() {
-        h.update(bytemuck_f32(p));
+        h.update(&f32_bytes(p));
     }
     h.update(&(examples.len() as u64).to_le_bytes());
     for e in examples {
@@ -239,7 +250,7 @@ fn run_key(model: &Llama, examples: &[Example], cfg: &TrainConfig) -> String {
     h.finalize().to_hex().to_string()
 }
 
-fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -251,7 +262,6 @@ const TENSORS_FILE: &str = "state.safetensors";
 struct CheckpointState {
     key: String,
     step: usize,
-    adam_step: u64,
     curve: Vec<LossPoint>,
 }
 
@@ -267,15 +277,11 @@ pub fn save_checkpoint(dir: &Path, step: usize, key: &str, model: &Llama, opt: &
     let tmp = dir.join(format!(".ckpt-{step:09}.tmp.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| ck_err(&tmp, e))?;
-    let mut tensors = TensorMap::new();
-    for (i, s) in model.specs().iter().enumerate() {
-        let t = |data: &Vec<f32>| HostTensor { shape: s.shape.clone(), data: data.clone() };
-        tensors.insert(format!("param.{}", s.name), t(&model.params()[i]));
-        tensors.insert(format!("adam_m.{}", s.name), t(&opt.m[i]));
-        tensors.insert(format!("adam_v.{}", s.name), t(&opt.v[i]));
-    }
+    // Weights under their Hugging Face names, the optimiser state under `adamw.*`.
+    let mut tensors: TensorMap = model.to_tensors();
+    tensors.extend(opt.to_tensors(model));
     save_tensors(&tmp.join(TENSORS_FILE), &tensors, SaveDtype::F32).map_err(|e| ck_err(&tmp, e))?;
-    let state = CheckpointState { key: key.to_string(), step, adam_step: opt.step, curve: curve.to_vec() };
+    let state = CheckpointState { key: key.to_string(), step, curve: curve.to_vec() };
     let text = serde_json::to_vec(&state).map_err(|e| ck_err(&tmp, e))?;
     kernels::checkpoint::write_atomic(&tmp.join(STATE_FILE), &text).map_err(|e| ck_err(&tmp, e))?;
     let _ = std::fs::remove_dir_all(&final_dir);
@@ -319,22 +325,10 @@ fn newest_checkpoint(dir: &Path, key: &str) -> Result<Option<PathBuf>, TrainErro
 fn restore(path: &Path, model: &mut Llama, opt: &mut AdamW, curve: &mut Vec<LossPoint>) -> Result<usize, TrainError> {
     let text = std::fs::read(path.join(STATE_FILE)).map_err(|e| ck_err(path, e))?;
     let state: CheckpointState = serde_json::from_slice(&text).map_err(|e| ck_err(path, e))?;
-    let tensors = load_tensors(&path.join(TENSORS_FILE)).map_err(|e| ck_err(path, e))?;
-    let names: Vec<String> = model.specs().iter().map(|s| s.name.clone()).collect();
-    let get = |prefix: &str, name: &str, len: usize| -> Result<Vec<f32>, TrainError> {
-        let t = tensors.get(&format!("{prefix}.{name}")).ok_or_else(|| ck_err(path, format!("missing {prefix}.{name}")))?;
-        if t.data.len() != len {
-            return Err(ck_err(path, format!("{prefix}.{name} has {} values, expected {len}", t.data.len())));
-        }
-        Ok(t.data.clone())
-    };
-    for (i, name) in names.iter().enumerate() {
-        let len = model.params()[i].len();
-        model.params_mut()[i] = get("param", name, len)?;
-        opt.m[i] = get("adam_m", name, len)?;
-        opt.v[i] = get("adam_v", name, len)?;
-    }
-    opt.step = state.adam_step;
+    let mut tensors = load_tensors(&path.join(TENSORS_FILE)).map_err(|e| ck_err(path, e))?;
+    *opt = AdamW::from_tensors(opt.config.clone(), model, &tensors).map_err(|e| ck_err(path, e))?;
+    tensors.retain(|name, _| !name.starts_with("adamw."));
+    *model = Llama::from_tensors(model.config.clone(), &tensors).map_err(|e| ck_err(path, e))?;
     *curve = state.curve;
     Ok(state.step)
 }
@@ -399,4 +393,132 @@ pub fn write_loss_curve(dir: &Path, curve: &[LossPoint]) -> std::io::Result<()> 
         csv.push_str(&format!("{},{},{},{},{}\n", p.step, p.loss, p.lr, p.grad_norm, p.scored_tokens));
     }
     std::fs::write(dir.join("loss_curve.csv"), csv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kernels::config::{Head, LlamaConfig};
+
+    fn tiny_config() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 32,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            pad_token_id: None,
+            head: Head::LanguageModel,
+        }
+    }
+
+    /// Examples of a little counting language: BOS, k, k+1, ..., EOS; loss on the numbers.
+    fn examples() -> Vec<Example> {
+        (0..24)
+            .map(|i| {
+                let start = 3 + (i % 10) as u32;
+                let mut ids = vec![1];
+                ids.extend((0..(4 + i % 5) as u32).map(|k| 3 + (start + k - 3) % 29));
+                ids.push(2);
+                let mut mask = vec![true; ids.len()];
+                mask[0] = false;
+                mask[1] = false;
+                Example { ids, mask }
+            })
+            .collect()
+    }
+
+    fn config(max_steps: usize) -> TrainConfig {
+        TrainConfig {
+            seq_len: 16,
+            batch_size: 2,
+            grad_accum: 2,
+            epochs: 1,
+            max_steps,
+            lr: 1e-2,
+            warmup_steps: 2,
+            schedule: Schedule::Cosine { min_lr_ratio: 0.1 },
+            weight_decay: 0.1,
+            clip: 1.0,
+            seed: 7,
+            separator: Some(2),
+        }
+    }
+
+    fn opts(dir: Option<&Path>, stop_after: Option<usize>) -> RunOptions {
+        RunOptions { checkpoint_dir: dir.map(Path::to_path_buf), checkpoint_every: 2, stop_after, label: "test".into(), progress: false }
+    }
+
+    #[test]
+    fn loss_goes_down() {
+        let mut model = Llama::new_random(tiny_config(), 3);
+        let out = train(&mut model, &examples(), &config(40), &opts(None, None)).unwrap();
+        assert_eq!(out.curve.len(), 40);
+        let first: f32 = out.curve[..5].iter().map(|p| p.loss).sum::<f32>() / 5.0;
+        let last: f32 = out.curve[35..].iter().map(|p| p.loss).sum::<f32>() / 5.0;
+        assert!(last < 0.7 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn epochs_set_the_step_count() {
+        let mut cfg = config(0);
+        cfg.epochs = 2;
+        let mut model = Llama::new_random(tiny_config(), 3);
+        let out = train(&mut model, &examples(), &cfg, &opts(None, None)).unwrap();
+        assert_eq!(out.total_steps, (2 * out.rows_per_epoch).div_ceil(4));
+        assert_eq!(out.curve.len(), out.total_steps);
+    }
+
+    /// Issue 4: a run killed midway and resumed from its newest checkpoint ends with weights
+    /// bit-identical to an uninterrupted run.
+    #[test]
+    fn resume_after_a_kill_gives_bit_identical_weights() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(9);
+        let mut straight = Llama::new_random(tiny_config(), 3);
+        let full = train(&mut straight, &examples(), &cfg, &opts(None, None)).unwrap();
+
+        let mut killed = Llama::new_random(tiny_config(), 3);
+        let first = train(&mut killed, &examples(), &cfg, &opts(Some(d.path()), Some(5))).unwrap();
+        assert_eq!(first.steps_done, 5);
+        // The "process" dies here: the in-memory model is lost; only checkpoint 4 survives.
+        let mut resumed = Llama::new_random(tiny_config(), 3);
+        let second = train(&mut resumed, &examples(), &cfg, &opts(Some(d.path()), None)).unwrap();
+        assert_eq!(second.resumed_from, 4);
+        assert_eq!(second.steps_done, 9);
+        assert_eq!(resumed.params(), straight.params(), "resumed weights differ from the uninterrupted run");
+        assert_eq!(second.curve, full.curve);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_run_is_not_resumed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Llama::new_random(tiny_config(), 3);
+        train(&mut a, &examples(), &config(9), &opts(Some(d.path()), Some(5))).unwrap();
+        let mut cfg = config(9);
+        cfg.lr = 5e-3;
+        let mut b = Llama::new_random(tiny_config(), 3);
+        let out = train(&mut b, &examples(), &cfg, &opts(Some(d.path()), None)).unwrap();
+        assert_eq!(out.resumed_from, 0);
+    }
+
+    #[test]
+    fn bad_settings_are_errors_not_panics() {
+        let mut model = Llama::new_random(tiny_config(), 3);
+        let mut cfg = config(3);
+        cfg.batch_size = 0;
+        assert!(matches!(train(&mut model, &examples(), &cfg, &opts(None, None)), Err(TrainError::Config(_))));
+        let mut cfg = config(3);
+        cfg.seq_len = 1;
+        assert!(matches!(train(&mut model, &examples(), &cfg, &opts(None, None)), Err(TrainError::Config(_))));
+        assert!(matches!(train(&mut model, &[], &config(3), &opts(None, None)), Err(TrainError::NoData(_))));
+    }
 }

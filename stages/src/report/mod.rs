@@ -1,0 +1,193 @@
+//! `alignflow report`: gathers the `eval` reports and training loss curves of a pipeline's last
+//! run from the workspace and renders them as one JSON object, Markdown and PNG plots.
+//!
+//! Models are named after the stage that produced the evaluated model (the instance wired to
+//! the eval node's `model` port, e.g. `pretrain`, `sft`, `ppo@2`), found through the run
+//! record's fingerprints; an eval whose model comes from outside the pipeline keeps its own
+//! instance name. Models are listed in pipeline order, rounds in order.
+
+mod plot;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use graph::Store;
+
+use crate::eval::{EvalReport, Metrics};
+use crate::train::LossPoint;
+
+/// Errors gathering or writing a report; each names the workspace, instance or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("no run of pipeline `{pipeline}` recorded in workspace {workspace}")]
+    NoRun { pipeline: String, workspace: PathBuf },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("plot {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+}
+
+/// One evaluated model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelResult {
+    /// The producing stage instance (`sft`, `ppo@2`), the key of `models` in the JSON.
+    pub name: String,
+    /// The eval instance that judged it.
+    pub eval_instance: String,
+    pub report: EvalReport,
+}
+
+/// The loss curve of one training instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve {
+    pub instance: String,
+    pub points: Vec<LossPoint>,
+}
+
+/// Everything the report shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub pipeline: String,
+    pub models: Vec<ModelResult>,
+    pub curves: Vec<Curve>,
+}
+
+/// Stage kinds whose model output carries a `loss_curve.json`.
+const TRAINING_KINDS: [&str; 1] = ["sft"];
+
+/// Reads the last run of `pipeline` in `store`. `stage_order` lists the pipeline's stage names
+/// in file order (instances of the same stage sort by round).
+pub fn gather(store: &Store, pipeline: &str, stage_order: &[String]) -> Result<Report, ReportError> {
+    let record = store.last_run(pipeline).ok_or_else(|| ReportError::NoRun { pipeline: pipeline.into(), workspace: store.root().to_path_buf() })?;
+    let by_fp: BTreeMap<&str, &str> = record.instances.iter().map(|(name, r)| (r.fingerprint.as_str(), name.as_str())).collect();
+    let rank = |stage: &str, round: u32| (stage_order.iter().position(|s| s == stage).unwrap_or(usize::MAX), round);
+    let mut instances: Vec<(&String, &graph::store::InstanceRecord)> = record.instances.iter().collect();
+    instances.sort_by_key(|(name, r)| (rank(&r.stage, r.round), (*name).clone()));
+    let (mut models, mut curves) = (Vec::new(), Vec::new());
+    for (name, r) in instances {
+        let Some(manifest) = store.manifest(&r.fingerprint) else { continue };
+        if manifest.kind == "eval" {
+            let path = store.output_dir(&r.fingerprint, "report").join("report.json");
+            let report = read_json::<EvalReport>(&path)?;
+            let producer = r.inputs.inputs.get("model").and_then(|v| v.split('.').next()).and_then(|fp| by_fp.get(fp)).map(|s| s.to_string());
+            models.push(ModelResult { name: producer.unwrap_or_else(|| name.clone()), eval_instance: name.clone(), report });
+        } else if TRAINING_KINDS.contains(&manifest.kind.as_str()) {
+            let path = store.output_dir(&r.fingerprint, "model").join("loss_curve.json");
+            if path.is_file() {
+                curves.push(Curve { instance: name.clone(), points: read_json(&path)? });
+            }
+        }
+    }
+    Ok(Report { pipeline: pipeline.to_string(), models, curves })
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    let bytes = std::fs::read(path).map_err(|e| ReportError::File { path: path.into(), message: e.to_string() })?;
+    serde_json::from_slice(&bytes).map_err(|e| ReportError::File { path: path.into(), message: format!("not a report: {e}") })
+}
+
+/// The metrics of one decoding mode as the JSON keys the README documents.
+fn metrics_json(m: &Metrics) -> serde_json::Value {
+    serde_json::json!({
+        "helpfulness": m.helpfulness,
+        "violation_rate": m.violation_rate,
+        "false_refusal_rate": m.false_refusal_rate,
+        "false_refusal_borderline": m.false_refusal_borderline,
+        "eos_rate": m.eos_rate,
+        "by_category": m.by_category,
+    })
+}
+
+impl Report {
+    /// `{"pipeline", "models": {NAME: {greedy fields..., "sampled": {same}, "eval_stage"}},
+    /// "training": {INSTANCE: {"steps", "final_loss"}}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut models = serde_json::Map::new();
+        for m in &self.models {
+            let mut v = metrics_json(&m.report.greedy);
+            v["sampled"] = m.report.sampled.as_ref().map(metrics_json).unwrap_or(serde_json::Value::Null);
+            v["samples_per_prompt"] = m.report.samples_per_prompt.into();
+            v["temperature"] = m.report.temperature.into();
+            v["eval_stage"] = m.eval_instance.clone().into();
+            models.insert(m.name.clone(), v);
+        }
+        let training: serde_json::Map<String, serde_json::Value> = self
+            .curves
+            .iter()
+            .map(|c| (c.instance.clone(), serde_json::json!({ "steps": c.points.len(), "final_loss": c.points.last().map(|p| p.loss) })))
+            .collect();
+        serde_json::json!({ "pipeline": self.pipeline, "models": models, "training": training })
+    }
+
+    /// Writes `report.md`, `report.json` and the PNG plots into `out`; returns the files written.
+    pub fn write(&self, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+        std::fs::create_dir_all(out).map_err(|e| ReportError::File { path: out.into(), message: e.to_string() })?;
+        let plots = plot::plot_all(self, out)?;
+        let mut written = plots.clone();
+        let md = out.join("report.md");
+        std::fs::write(&md, self.markdown(&plots)).map_err(|e| ReportError::File { path: md.clone(), message: e.to_string() })?;
+        written.push(md);
+        let json = out.join("report.json");
+        let text = serde_json::to_vec_pretty(&self.to_json()).expect("json");
+        std::fs::write(&json, text).map_err(|e| ReportError::File { path: json.clone(), message: e.to_string() })?;
+        written.push(json);
+        Ok(written)
+    }
+
+    /// The Markdown report; `plots` are linked by file name (they sit next to it).
+    pub fn markdown(&self, plots: &[PathBuf]) -> String {
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into());
+        let mut s = format!("# alignflow report: `{}`\n\n", self.pipeline);
+        if self.models.is_empty() {
+            s.push_str("No `eval` stage in the last run.\n\n");
+        }
+        for (title, pick) in [("Greedy decoding", false), ("Sampled (temperature from the eval stage)", true)] {
+            s.push_str(&format!("## {title}\n\n| model | helpfulness | violation rate | false refusal | false refusal (borderline) | EOS rate |\n|---|---|---|---|---|---|\n"));
+            for m in &self.models {
+                let metrics = if pick { m.report.sampled.as_ref() } else { Some(&m.report.greedy) };
+                if let Some(x) = metrics {
+                    s.push_str(&format!("| {} | {} | {} | {} | {} | {} |\n", m.name, f(x.helpfulness), f(x.violation_rate), f(x.false_refusal_rate), f(x.false_refusal_borderline), f(x.eos_rate)));
+                }
+            }
+            s.push('\n');
+        }
+        let cats: Vec<String> = self.models.iter().flat_map(|m| m.report.greedy.by_category.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        if !cats.is_empty() {
+            s.push_str("## Helpfulness by category (greedy / sampled)\n\n| category |");
+            for m in &self.models {
+                s.push_str(&format!(" {} |", m.name));
+            }
+            s.push_str("\n|---|");
+            s.push_str(&"---|".repeat(self.models.len()));
+            s.push('\n');
+            for c in &cats {
+                s.push_str(&format!("| {c} |"));
+                for m in &self.models {
+                    let g = m.report.greedy.by_category.get(c).map(|x| x.helpfulness);
+                    let sm = m.report.sampled.as_ref().and_then(|x| x.by_category.get(c)).map(|x| x.helpfulness);
+                    s.push_str(&format!(" {} / {} |", f(g), f(sm)));
+                }
+                s.push('\n');
+            }
+            s.push('\n');
+        }
+        if !self.curves.is_empty() {
+            s.push_str("## Training\n\n| stage | steps | first loss | final loss |\n|---|---|---|---|\n");
+            for c in &self.curves {
+                let l = |p: Option<&LossPoint>| p.map(|p| format!("{:.4}", p.loss)).unwrap_or_else(|| "–".into());
+                s.push_str(&format!("| {} | {} | {} | {} |\n", c.instance, c.points.len(), l(c.points.first()), l(c.points.last())));
+            }
+            s.push('\n');
+        }
+        if !plots.is_empty() {
+            s.push_str("## Plots\n\n");
+            for p in plots {
+                let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                s.push_str(&format!("![{name}]({name})\n\n"));
+            }
+        } else {
+            s.push_str("_No plots: no TrueType font was found on this system (see docs/sft-eval.md)._\n");
+        }
+        s
+    }
+}
