@@ -226,16 +226,25 @@ fn encode_llama2(tok: &Tokenizer, messages: &[Message], bos: u32, eos: u32) -> R
 }
 
 /// Byte spans of assistant contents in `text`, each extended through the `eos` text that
-/// closes it when only whitespace separates them.
+/// closes it when only whitespace separates them. Messages are located in order, so an
+/// assistant reply that repeats words of an earlier user turn is still found in its own turn.
 fn assistant_spans(text: &str, messages: &[Message], eos: &str) -> Result<Vec<Range<usize>>, ChatError> {
     let mut spans = Vec::new();
     let mut from = 0;
-    for m in messages.iter().filter(|m| m.role == "assistant") {
+    for m in messages {
         let content = m.content.trim();
         if content.is_empty() {
             continue;
         }
-        let start = text[from..].find(content).map(|i| i + from).ok_or_else(|| {
+        let found = text[from..].find(content).map(|i| i + from);
+        if m.role != "assistant" {
+            // Templates may rewrite system or user text (or drop it); skip what is not there.
+            if let Some(start) = found {
+                from = start + content.len();
+            }
+            continue;
+        }
+        let start = found.ok_or_else(|| {
             ChatError::Encode(format!("the rendered chat does not contain the assistant message {:?} verbatim, so it cannot be masked", clip(content)))
         })?;
         let mut end = start + content.len();

@@ -166,3 +166,16 @@ fn templates_are_found_in_a_model_directory() {
     let e = ChatTemplate::from_model_dir(dir.path()).unwrap_err();
     assert!(e.to_string().contains("tokenizer_config.json"), "{e}");
 }
+
+#[test]
+fn an_assistant_reply_that_repeats_the_user_is_masked_in_its_own_turn() {
+    let tok = tokenizer();
+    let t = jinja(CHATML, "", "<|im_end|>");
+    let msgs = vec![Message::new("user", "Paris."), Message::new("assistant", "Paris.")];
+    let ct = t.encode(&tok, &msgs, false, None, None).unwrap();
+    let first_masked = ct.assistant_mask.iter().position(|&m| m).unwrap();
+    let prefix = tok.decode(&ct.ids[..first_masked], false).unwrap();
+    assert!(prefix.ends_with("<|im_start|>assistant\n"), "{prefix:?}");
+    let masked: Vec<u32> = ct.ids.iter().zip(&ct.assistant_mask).filter(|&(_, &m)| m).map(|(&i, _)| i).collect();
+    assert_eq!(tok.decode(&masked, false).unwrap(), "Paris.<|im_end|>");
+}
