@@ -99,10 +99,8 @@ impl LlamaConfig {
         let f = |x: &serde_json::Value, k: &str| x.as_f64().ok_or_else(|| invalid(format!("`{k}` must be a number")));
         let rms_norm_eps = match obj.get("rms_norm_eps") { Some(x) => f(x, "rms_norm_eps")? as f32, None => 1e-6 };
         let rope_theta = if let Some(rp) = obj.get("rope_parameters").filter(|x| !x.is_null()) {
-            if let Some(t) = rp.get("rope_type").and_then(|t| t.as_str()) {
-                if t != "default" {
-                    return Err(invalid(format!("rope_parameters.rope_type `{t}` is not supported (only `default`)")));
-                }
+            if let Some(t) = rp.get("rope_type").and_then(|t| t.as_str()).filter(|&t| t != "default") {
+                return Err(invalid(format!("rope_parameters.rope_type `{t}` is not supported (only `default`)")));
             }
             match rp.get("rope_theta") { Some(x) => f(x, "rope_parameters.rope_theta")? as f32, None => 10000.0 }
         } else {
@@ -132,10 +130,8 @@ impl LlamaConfig {
         } else {
             Head::LanguageModel
         };
-        if let Some(act) = obj.get("hidden_act").and_then(|a| a.as_str()) {
-            if act != "silu" {
-                return Err(invalid(format!("hidden_act `{act}` is not supported (only `silu`)")));
-            }
+        if let Some(act) = obj.get("hidden_act").and_then(|a| a.as_str()).filter(|&a| a != "silu") {
+            return Err(invalid(format!("hidden_act `{act}` is not supported (only `silu`)")));
         }
         for k in ["attention_bias", "mlp_bias"] {
             if obj.get(k).and_then(|b| b.as_bool()) == Some(true) {

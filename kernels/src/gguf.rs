@@ -292,7 +292,7 @@ impl GgufFile {
         })?;
         let n = t.numel().ok_or_else(|| bad(format!("tensor `{}`: shape {:?} overflows", t.name, t.dims)))?;
         let inner = t.dims.first().copied().unwrap_or(1) as usize;
-        if inner % per_block != 0 {
+        if !inner.is_multiple_of(per_block) {
             return Err(bad(format!("tensor `{}`: row length {inner} is not a multiple of the block size {per_block}", t.name)));
         }
         let len = (n / per_block).checked_mul(block_bytes).ok_or_else(|| bad(format!("tensor `{}` is too large", t.name)))?;
@@ -365,7 +365,7 @@ fn parse_header(bytes: &[u8], path: &str) -> Result<Header, GgufError> {
 /// is not a whole number of blocks.
 pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     let (per_block, block_bytes) = ty.block()?;
-    if bytes.len() % block_bytes != 0 {
+    if !bytes.len().is_multiple_of(block_bytes) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / block_bytes * per_block);
@@ -536,7 +536,7 @@ impl GgufFile {
         };
         let head_dim = match self.get("llama.attention.key_length").and_then(|v| v.as_u64()) {
             Some(k) => k as usize,
-            None if heads > 0 && hidden % heads == 0 => hidden / heads,
+            None if heads > 0 && hidden.is_multiple_of(heads) => hidden / heads,
             None => return Err(self.convert_err(format!("embedding_length {hidden} is not divisible by head_count {heads}"))),
         };
         if self.get("llama.rope.scaling.type").and_then(|v| v.as_str()).is_some_and(|t| t != "none") {
@@ -584,7 +584,7 @@ impl GgufFile {
                     [r, c] => (*r, *c),
                     _ => return Err(self.convert_err(format!("tensor `{}` should be 2-D, has shape {shape:?}", t.name))),
                 };
-                if rows != n_heads * config.head_dim || config.head_dim % 2 != 0 {
+                if rows != n_heads * config.head_dim || !config.head_dim.is_multiple_of(2) {
                     return Err(self.convert_err(format!("tensor `{}` has {rows} rows, expected {n_heads} heads x {} (even) head_dim", t.name, config.head_dim)));
                 }
                 data = unpermute_qk(&data, rows, cols, n_heads);
@@ -710,10 +710,8 @@ pub fn import(path: &Path) -> Result<ModelDir, GgufError> {
     }
     let tensors = g.hf_tensors(&config)?;
     let tokenizer = g.tokenizer()?;
-    if let Some(tok) = &tokenizer {
-        if tok.vocab_size() > config.vocab_size {
-            return Err(g.convert_err(format!("the tokenizer has {} tokens but the model only {}", tok.vocab_size(), config.vocab_size)));
-        }
+    if let Some(tok) = tokenizer.as_ref().filter(|t| t.vocab_size() > config.vocab_size) {
+        return Err(g.convert_err(format!("the tokenizer has {} tokens but the model only {}", tok.vocab_size(), config.vocab_size)));
     }
     Ok(ModelDir { config, tensors, tokenizer, chat: g.chat_template() })
 }
