@@ -314,3 +314,34 @@ mod model_dir {
         assert!(matches!(e, ModelDirError::Config(_)) && e.to_string().contains("config.json"), "{e}");
     }
 }
+
+mod transformers_written {
+    //! Directories written by transformers' `save_pretrained` (the golden fixtures) load as is,
+    //! and survive an alignflow save/load unchanged.
+
+    use super::*;
+    use kernels::model_dir::ModelDir;
+
+    fn golden(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(name)
+    }
+
+    #[test]
+    fn golden_causal_lm_and_reward_model_load_and_round_trip() {
+        let lm = ModelDir::load(&golden("model")).unwrap();
+        assert_eq!(lm.tensors.len(), 3 + 2 * 9, "{:?}", lm.tensors.keys().collect::<Vec<_>>());
+        assert_eq!(lm.tensors["model.layers.1.self_attn.k_proj.weight"].shape, vec![32, 64]);
+        assert_eq!(lm.tensors["lm_head.weight"].shape, vec![300, 64]);
+        assert!(lm.tokenizer.is_none() && lm.chat.is_none());
+        let rm = ModelDir::load(&golden("rm")).unwrap();
+        assert_eq!(rm.config.head, Head::Scalar { num_labels: 1 });
+        assert_eq!(rm.tensors["score.weight"].shape, vec![1, 64]);
+        let dir = tempfile::tempdir().unwrap();
+        for (name, m) in [("lm", lm), ("rm", rm)] {
+            m.save(&dir.path().join(name), SaveDtype::F32).unwrap();
+            let back = ModelDir::load(&dir.path().join(name)).unwrap();
+            assert_eq!(back.config, m.config, "{name}");
+            assert_eq!(back.tensors, m.tensors, "{name}");
+        }
+    }
+}
