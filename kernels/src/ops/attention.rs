@@ -116,11 +116,9 @@ pub fn attention(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[
         for i in 0..l {
             let row = &mut p[i * l..(i + 1) * l];
             let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-            let mut z = 0.0f32;
-            for x in row[..=i].iter_mut() {
-                *x = (*x * scale - max).exp();
-                z += *x;
-            }
+            row[..=i].iter_mut().for_each(|x| *x = *x * scale - max);
+            super::exp_inplace(&mut row[..=i]);
+            let z: f32 = row[..=i].iter().sum();
             let inv = 1.0 / z;
             row[..=i].iter_mut().for_each(|x| *x *= inv);
             row[i + 1..].fill(0.0);

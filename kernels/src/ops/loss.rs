@@ -26,10 +26,18 @@ pub fn token_logprobs_ref(logits: &[f32], v: usize, targets: &[i32]) -> Vec<f32>
     }).collect()
 }
 
-/// log Σ exp(row), in f32 with the max subtracted.
+/// log Σ exp(row), in f32 with the max subtracted; exponentials in blocks of 256 through the
+/// vectorised [`super::exp_inplace`].
 fn logsumexp(row: &[f32]) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    let mut buf = [0.0f32; 256];
+    let mut sum = 0.0f32;
+    for chunk in row.chunks(256) {
+        let b = &mut buf[..chunk.len()];
+        b.iter_mut().zip(chunk).for_each(|(o, &x)| *o = x - max);
+        super::exp_inplace(b);
+        sum += b.iter().sum::<f32>();
+    }
     max + sum.ln()
 }
 
@@ -62,10 +70,12 @@ pub fn logprob_backward(dlogits: &mut [f32], logits: &[f32], v: usize, targets: 
     dlogits.par_chunks_mut(v).zip(logits.par_chunks(v)).zip(targets.par_iter().zip(coef.par_iter())).for_each(
         |((d, row), (&t, &c))| match target_of(t, v) {
             Some(t) if c != 0.0 => {
-                let lse = logsumexp(row);
-                for (dj, &x) in d.iter_mut().zip(row) {
-                    *dj = -c * (x - lse).exp();
-                }
+                // One pass of exponentials: d = exp(x - max), then scale by -c / Σ.
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                d.iter_mut().zip(row).for_each(|(o, &x)| *o = x - max);
+                super::exp_inplace(d);
+                let k = -c / d.iter().sum::<f32>();
+                d.iter_mut().for_each(|x| *x *= k);
                 d[t] += c;
             }
             _ => d.fill(0.0),

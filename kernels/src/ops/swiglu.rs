@@ -6,8 +6,11 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 4096;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// sigmoid(g) for a chunk, into `s`, with the vectorised exponential.
+fn sigmoid_into(s: &mut [f32], g: &[f32]) {
+    s.iter_mut().zip(g).for_each(|(o, &x)| *o = -x);
+    super::exp_inplace(s);
+    s.iter_mut().for_each(|e| *e = 1.0 / (1.0 + *e));
 }
 
 /// Reference forward in f64.
@@ -21,8 +24,9 @@ pub fn swiglu_ref(g: &[f32], u: &[f32]) -> Vec<f32> {
 /// Fast forward into `a`.
 pub fn swiglu(a: &mut [f32], g: &[f32], u: &[f32]) {
     a.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((a, g), u)| {
+        sigmoid_into(a, g);
         for i in 0..a.len() {
-            a[i] = g[i] * sigmoid(g[i]) * u[i];
+            a[i] *= g[i] * u[i];
         }
     });
 }
@@ -47,8 +51,10 @@ pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], da: &[f32], g: &[f32], u:
         .zip(da.par_chunks(CHUNK))
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
         .for_each(|(((dg, du), da), (g, u))| {
+            // dg holds sigmoid(g) until it is overwritten element by element.
+            sigmoid_into(dg, g);
             for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
+                let s = dg[i];
                 du[i] = da[i] * g[i] * s;
                 dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
             }
