@@ -2,7 +2,8 @@
 //! workspace: the same `kernels::bench` functions `alignflow bench` calls, printed as JSON.
 //! They are `#[ignore]`d tests (speed is never asserted): run them with
 //! `cargo test --release -p kernels --bench engine -- --ignored --nocapture --test-threads 1`.
-//! `ENGINE_BENCH_STEPS` sets the number of timed training steps (default 10).
+//! `ENGINE_BENCH_STEPS` sets the number of timed training steps (default 10) and
+//! `ENGINE_BENCH_THREADS` the threads (default 2).
 
 use kernels::bench::{bench_generate, bench_train, decode_shape, train_preset};
 use kernels::generate::WeightPrecision;
@@ -14,7 +15,15 @@ fn steps() -> usize {
 
 fn train(preset: &str) {
     let p = train_preset(preset).unwrap();
-    let r = bench_train(&p, steps(), 2, 2).unwrap();
+    let threads = std::env::var("ENGINE_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let r = bench_train(&p, steps(), 2, threads).unwrap();
+    // CPU-time view: tokens per CPU-second × threads, and its GFLOP share of the CPU-time peak.
+    let tokens = (p.batch * p.seq_len) as f64;
+    if let (Some(cpu), Some(peak)) = (r.cpu_seconds_per_step, r.gemm_peak_gflops_cpu) {
+        let tps = tokens / cpu * threads as f64;
+        let gf = r.gflops * r.seconds_per_step / cpu * threads as f64;
+        println!("{{\"bench\":\"train-cpu-time\",\"preset\":\"{}\",\"threads\":{threads},\"tokens_per_s\":{tps:.0},\"gflops\":{gf:.2},\"gemm_peak_gflops\":{peak:.2},\"share_of_gemm_peak\":{:.3}}}", r.preset, gf / peak);
+    }
     println!(
         "{{\"bench\":\"train\",\"preset\":\"{}\",\"threads\":{},\"tokens_per_s\":{:.0},\"gflops\":{:.2},\"gemm_peak_gflops\":{:.2},\"share_of_gemm_peak\":{:.3},\"seconds_per_step\":{:.4},\"final_loss\":{:.4}}}",
         r.preset, r.threads, r.tokens_per_s, r.gflops, r.gemm_peak_gflops, r.share_of_gemm_peak, r.seconds_per_step, r.final_loss

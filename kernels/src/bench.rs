@@ -77,6 +77,21 @@ pub struct TrainReport {
     pub gemm_peak_gflops: f64,
     pub share_of_gemm_peak: f64,
     pub final_loss: f32,
+    /// Process CPU seconds (all threads) per step, from /proc/self/stat (Linux; 10 ms ticks).
+    /// On a shared machine, tokens per CPU-second is steadier than wall-clock throughput.
+    pub cpu_seconds_per_step: Option<f64>,
+    /// The GEMM peak measured in CPU time: GFLOP per CPU-second, times the thread count.
+    pub gemm_peak_gflops_cpu: Option<f64>,
+}
+
+/// CPU seconds used by this process so far (user + system, all threads), if the OS says.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
 /// Runs `warmup + steps` training steps on random tokens and times the last `steps`.
@@ -97,16 +112,19 @@ pub fn bench_train(preset: &TrainPreset, steps: usize, warmup: usize, threads: u
             loss = lm_train_step(&mut model, &mut opt, &micro, 1e-3, Some(1.0))?.loss;
         }
         let t0 = Instant::now();
+        let c0 = process_cpu_seconds();
         for _ in 0..steps {
             loss = lm_train_step(&mut model, &mut opt, &micro, 1e-3, Some(1.0))?.loss;
         }
         let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+        let cpu = c0.zip(process_cpu_seconds()).map(|(a, b)| (b - a) / steps.max(1) as f64);
         let tokens = (preset.batch * preset.seq_len) as f64;
         let gflops = tokens * train_flops_per_token(&preset.config, preset.seq_len) / dt / 1e9;
-        let peak = gemm_peak_gflops_in_pool();
+        let (peak, peak_cpu) = gemm_peak_gflops_in_pool();
         Ok(TrainReport {
             preset: preset.name.to_string(), threads, steps, parameters: model.num_parameters(), seconds_per_step: dt,
             tokens_per_s: tokens / dt, gflops, gemm_peak_gflops: peak, share_of_gemm_peak: gflops / peak, final_loss: loss,
+            cpu_seconds_per_step: cpu, gemm_peak_gflops_cpu: peak_cpu,
         })
     })
 }
@@ -116,8 +134,9 @@ fn pool(threads: usize) -> Result<rayon::ThreadPool, ModelError> {
         .map_err(|e| ModelError::Invalid { op: "bench", message: format!("cannot start {threads} threads: {e}") })
 }
 
-/// GFLOP/s of a 1024³ f32 product on the current pool's threads, best of 5.
-fn gemm_peak_gflops_in_pool() -> f64 {
+/// GFLOP/s of a 1024³ f32 product on the current pool's threads, best of 5 by wall clock,
+/// and GFLOP per CPU-second × threads over the same runs (None where CPU time is unknown).
+fn gemm_peak_gflops_in_pool() -> (f64, Option<f64>) {
     let n = 1024;
     let mut r = Rng::new(3);
     let a: Vec<f32> = (0..n * n).map(|_| r.normal() as f32).collect();
@@ -125,17 +144,22 @@ fn gemm_peak_gflops_in_pool() -> f64 {
     let mut c = vec![0.0f32; n * n];
     let s = MmShape { m: n, k: n, n };
     matmul(&mut c, &a, Tr::N, &b, Tr::N, s, false);
-    let best = (0..5).map(|_| {
+    let flop = 2.0 * (n * n * n) as f64;
+    let c0 = process_cpu_seconds();
+    let runs = 8;
+    let best = (0..runs).map(|_| {
         let t0 = Instant::now();
         matmul(&mut c, &a, Tr::N, &b, Tr::N, s, false);
         t0.elapsed().as_secs_f64()
     }).fold(f64::INFINITY, f64::min);
-    2.0 * (n * n * n) as f64 / best / 1e9
+    let threads = rayon::current_num_threads() as f64;
+    let cpu = c0.zip(process_cpu_seconds()).map(|(a, b)| runs as f64 * flop / (b - a) * threads / 1e9);
+    (flop / best / 1e9, cpu)
 }
 
 /// The GEMM peak on `threads` threads.
 pub fn gemm_peak_gflops(threads: usize) -> Result<f64, ModelError> {
-    Ok(pool(threads)?.install(gemm_peak_gflops_in_pool))
+    Ok(pool(threads)?.install(gemm_peak_gflops_in_pool).0)
 }
 
 /// Read bandwidth in GB/s: summing a 256 MiB buffer split across the pool's threads, best of 5.

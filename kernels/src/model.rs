@@ -383,6 +383,11 @@ impl Llama {
         if i < self.params.len() { i } else { 0 }
     }
 
+    /// [Wq; Wk; Wv] of a layer stacked by rows: ((Hq + 2·Hkv)·hd, D).
+    fn qkv_weight(&self, layer: usize) -> Vec<f32> {
+        [WQ, WK, WV].iter().flat_map(|&j| self.layer_param(layer, j).iter().copied()).collect()
+    }
+
     /// Width of the head's output per token.
     pub fn out_width(&self) -> usize {
         match self.config.head {
@@ -431,10 +436,13 @@ impl Llama {
             let mut rstd1 = vec![0.0; n];
             let mut h1 = vec![0.0; n * d];
             norm::rmsnorm(&mut h1, &mut rstd1, &x, w(ATTN_NORM), c.rms_norm_eps);
-            let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
-            linear(&mut q, &h1, w(WQ), n, d, qd);
-            linear(&mut k, &h1, w(WK), n, d, kvd);
-            linear(&mut v, &h1, w(WV), n, d, kvd);
+            // q, k and v come from one product with [Wq; Wk; Wv]: one wide gemm runs closer to
+            // the peak than three narrow ones (n = 64 for k and v in the small presets).
+            let wqkv = self.qkv_weight(l);
+            let mut qkv = vec![0.0; n * (qd + 2 * kvd)];
+            linear(&mut qkv, &h1, &wqkv, n, d, qd + 2 * kvd);
+            let (mut q, mut k, v) = split_columns3(&qkv, n, qd, kvd);
+            drop(qkv);
             rope::rope(&mut q, &batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Forward);
             rope::rope(&mut k, &batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Forward);
             let mut att = vec![0.0; n * qd];
@@ -528,10 +536,18 @@ impl Llama {
             attention::attention_backward(&mut dq, &mut dk, &mut dv, &datt, &s.q, &s.k, &s.v, &s.probs, &fwd.batch.spans, sh);
             rope::rope(&mut dq, &fwd.batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Inverse);
             rope::rope(&mut dk, &fwd.batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Inverse);
+            // The fused q/k/v product's backward: dh1 = dqkv @ Wqkv and dWqkv = dqkvᵀ @ h1, whose
+            // row blocks are exactly dWq, dWk and dWv.
+            let dqkv = join_columns3(&dq, &dk, &dv, n, qd, kvd);
+            drop((dq, dk, dv));
             let mut dh1 = vec![0.0; n * d];
-            linear_backward(&mut dh1, &mut grads.tensors[gi(WQ)], &dq, &s.h1, w(WQ), n, d, qd);
-            linear_backward(&mut dh1, &mut grads.tensors[gi(WK)], &dk, &s.h1, w(WK), n, d, kvd);
-            linear_backward(&mut dh1, &mut grads.tensors[gi(WV)], &dv, &s.h1, w(WV), n, d, kvd);
+            let mut dwqkv = vec![0.0; (qd + 2 * kvd) * d];
+            linear_backward(&mut dh1, &mut dwqkv, &dqkv, &s.h1, &self.qkv_weight(l), n, d, qd + 2 * kvd);
+            let (dwq, rest) = dwqkv.split_at(qd * d);
+            let (dwk, dwv) = rest.split_at(kvd * d);
+            for (j, part) in [(WQ, dwq), (WK, dwk), (WV, dwv)] {
+                grads.tensors[gi(j)].iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(ATTN_NORM)], &dh1, &s.x, w(ATTN_NORM), &s.rstd1);
         }
         embedding::embedding_backward(&mut grads.tensors[0], d, &fwd.batch.tokens, &dx);
@@ -630,6 +646,29 @@ impl Llama {
             _ => Err(ModelError::WrongHead { op, needed: "scalar" }),
         }
     }
+}
+
+/// Splits x (N, a + 2b) into its column blocks (N, a), (N, b), (N, b).
+fn split_columns3(x: &[f32], n: usize, a: usize, b: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let w = a + 2 * b;
+    let (mut p, mut q, mut r) = (Vec::with_capacity(n * a), Vec::with_capacity(n * b), Vec::with_capacity(n * b));
+    for row in x.chunks(w).take(n) {
+        p.extend_from_slice(&row[..a]);
+        q.extend_from_slice(&row[a..a + b]);
+        r.extend_from_slice(&row[a + b..]);
+    }
+    (p, q, r)
+}
+
+/// The inverse of [`split_columns3`].
+fn join_columns3(p: &[f32], q: &[f32], r: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
+    let mut x = Vec::with_capacity(n * (a + 2 * b));
+    for i in 0..n {
+        x.extend_from_slice(&p[i * a..(i + 1) * a]);
+        x.extend_from_slice(&q[i * b..(i + 1) * b]);
+        x.extend_from_slice(&r[i * b..(i + 1) * b]);
+    }
+    x
 }
 
 /// Packed next-token targets: position t of each row predicts token t + 1; the last predicts

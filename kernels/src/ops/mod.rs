@@ -119,8 +119,12 @@ pub fn exp_one(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to the nearest integer
-    let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let x = x.max(-87.3).min(88.3);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits; reading it with integer ops (not an
+    // f32 -> i32 cast, which saturates and does not vectorise) keeps the loop in SIMD.
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut y = 1.987_569_1e-4f32;
     y = y * r + 1.398_199_9e-3;
@@ -129,5 +133,5 @@ pub fn exp_one(x: f32) -> f32 {
     y = y * r + 0.166_666_65;
     y = y * r + 0.500_000_01;
     let e = y * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
 }
