@@ -6,14 +6,22 @@
 mod common;
 
 pub mod assistant_world;
+pub mod collect_preferences;
 pub mod docs;
+pub mod eval;
 pub mod jsonl;
 pub mod parquet;
+pub mod ppo;
 pub mod progress;
 pub mod registry;
+pub mod rejection_sample;
+pub mod report;
+pub mod rlhf;
+pub mod sft;
 pub mod show;
 pub mod tokenize;
 pub mod train;
+pub mod train_reward;
 pub mod train_tokenizer;
 
 pub use registry::registry;

@@ -12,6 +12,13 @@ pub fn registry() -> Registry {
     r.register(Arc::new(crate::jsonl::JsonlSource));
     r.register(Arc::new(crate::train_tokenizer::TrainTokenizer));
     r.register(Arc::new(crate::tokenize::Tokenize));
+    r.register(Arc::new(crate::collect_preferences::CollectPreferences));
+    r.register(Arc::new(crate::collect_preferences::ImportPreferences));
+    r.register(Arc::new(crate::train_reward::TrainReward));
+    r.register(Arc::new(crate::rejection_sample::RejectionSample));
+    r.register(Arc::new(crate::ppo::Ppo));
+    r.register(Arc::new(crate::sft::Sft));
+    r.register(Arc::new(crate::eval::Eval));
     r
 }
 
@@ -22,7 +29,9 @@ mod tests {
     #[test]
     fn every_kind_is_well_formed() {
         let r = registry();
-        assert_eq!(r.kinds().count(), 5);
+        for kind in ["assistant_world", "parquet", "jsonl", "train_tokenizer", "tokenize"] {
+            assert!(r.get(kind).is_some(), "{kind} is not registered");
+        }
         for s in r.stages() {
             let mut names: Vec<_> = s.params().iter().map(|p| p.name).collect();
             let n = names.len();

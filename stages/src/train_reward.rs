@@ -78,7 +78,7 @@ impl Stage for TrainReward {
         }
         let curve = train_rm(&mut rm, &train_set, &cfg, ctx.seed, ctx.instance)?;
         let test: Vec<&PreferencePairRow> = pairs.iter().filter(|p| p.split == "test" && p.track == cfg.track).collect();
-        let eval = evaluate(&rm, &test, &families, cfg.max_tokens)?;
+        let eval = evaluate(&rm, &test, &families)?;
         rm.save(ctx.output("model")?, "output `model`")?;
         let report = serde_json::json!({
             "track": cfg.track,
@@ -249,8 +249,7 @@ pub fn agrees_with_gold(p: &PreferencePairRow, r_chosen: f32, r_rejected: f32) -
     Some((p.chosen_score > p.rejected_score) == (r_chosen > r_rejected))
 }
 
-fn evaluate(rm: &Loaded, test: &[&PreferencePairRow], families: &BTreeMap<String, String>, max_tokens: usize) -> Result<RmEval, StageError> {
-    let _ = max_tokens;
+fn evaluate(rm: &Loaded, test: &[&PreferencePairRow], families: &BTreeMap<String, String>) -> Result<RmEval, StageError> {
     let chosen: Vec<(&str, &str)> = test.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
     let rejected: Vec<(&str, &str)> = test.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())).collect();
     let (rc, rr) = (rm.score(&chosen)?, rm.score(&rejected)?);
