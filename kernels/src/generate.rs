@@ -11,8 +11,8 @@
 use crate::config::Head;
 use crate::model::{self, Llama, ModelError};
 use crate::ops::attention::AttnShape;
-use crate::ops::matmul::{MmShape, Tr, WeightRef, linear_few_rows, matmul, to_bf16_bits};
-use crate::ops::{dot, embedding, norm, rope, swiglu};
+use crate::ops::matmul::{MmShape, Tr, WeightRef, dot_fast, linear_few_rows, matmul, to_bf16_bits};
+use crate::ops::{embedding, norm, rope, swiglu};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -109,7 +109,7 @@ fn cached_attention(q: &[f32], kc: &[f32], vc: &[f32], len: usize, sh: AttnShape
             let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
             let mut max = f32::NEG_INFINITY;
             for j in 0..visible {
-                let s = dot(qi, &kc[j * kw + kh * hd..j * kw + (kh + 1) * hd]) * scale;
+                let s = dot_fast(qi, &kc[j * kw + kh * hd..j * kw + (kh + 1) * hd]) * scale;
                 scores[j] = s;
                 max = max.max(s);
             }

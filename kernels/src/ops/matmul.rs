@@ -167,7 +167,7 @@ pub fn dot_fast(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    super::dot(a, b)
+    super::dot_plain(a, b)
 }
 
 /// Dot product of f32 activations with bf16 weights (bits shifted into an f32).

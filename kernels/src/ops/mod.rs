@@ -66,6 +66,13 @@ pub fn check_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) 
 /// order depends only on the length, never on threads.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_plain(a, b)
+}
+
+/// The body of [`dot`], always inlined so that callers compiled with AVX2 enabled (see
+/// `matmul::dot_fast`) get it in 8-wide registers.
+#[inline(always)]
+pub(crate) fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; 16];
     let ca = a.chunks_exact(16);
