@@ -59,7 +59,7 @@ fn check_reports_every_problem_with_positions_and_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:7:19: error: parameter `path`"), "{err}");
     assert!(err.contains("bad.toml:7:22: error: unknown parameter `colour`"), "{err}");
-    assert!(err.contains("bad.toml:11:45: error: type mismatch"), "{err}");
+    assert!(err.contains("bad.toml:11:43: error: type mismatch"), "{err}");
 }
 
 #[test]

@@ -325,7 +325,7 @@ impl Checker<'_> {
             inputs.insert(port.name.to_string(), reference);
         }
         for p in ports.iter().filter(|p| !p.optional) {
-            if !s.inputs.iter().any(|(k, _)| k.value == p.name) {
+            if !s.input_keys.iter().any(|k| k == p.name) {
                 let at = s.kind_key.clone().unwrap_or(s.name.span.clone());
                 self.problem(at, format!("{place} is missing required input `{}` (a {})", p.name, p.ty.name()));
             }

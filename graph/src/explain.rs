@@ -65,12 +65,11 @@ pub fn explain(plan: &Plan, store: &Store) -> Vec<PlanEntry> {
                     }
                     for (port, v) in &new.inputs {
                         if old.inputs.get(port) != Some(v) {
-                            let from = inst.inputs.get(port).map(|s| &plan.instances[s.instance]);
-                            let why = match from {
-                                Some(up) if will_run.get(&plan.instances.iter().position(|i| i.name == up.name).unwrap_or(0)) == Some(&true) => {
-                                    format!("input `{port}` changed (upstream `{}` will run)", up.name)
+                            let why = match inst.inputs.get(port).map(|s| s.instance) {
+                                Some(up) if will_run.get(&up) == Some(&true) => {
+                                    format!("input `{port}` changed (upstream `{}` will run)", plan.instances[up].name)
                                 }
-                                Some(up) => format!("input `{port}` changed (now `{}`)", up.name),
+                                Some(up) => format!("input `{port}` changed (now `{}`)", plan.instances[up].name),
                                 None => format!("input `{port}` changed"),
                             };
                             reasons.push(why);

@@ -76,6 +76,9 @@ pub struct StageSpec {
     pub gpus: Option<Sp<u32>>,
     /// Port name (spanned at its key) -> reference text (spanned at its value).
     pub inputs: Vec<(Sp<String>, Sp<String>)>,
+    /// Every key of `inputs`, including those whose value was not a string (already reported),
+    /// so that a mistyped input is not also reported as missing.
+    pub input_keys: Vec<String>,
     /// Parameter name (spanned at its key) -> raw value.
     pub params: Vec<(Sp<String>, Sp<RawValue>)>,
 }
@@ -274,6 +277,7 @@ impl Walker {
             cpus: None,
             gpus: None,
             inputs: Vec::new(),
+            input_keys: Vec::new(),
             params: Vec::new(),
         };
         let place = format!("stage `{}`", s.name.value);
@@ -303,6 +307,7 @@ impl Walker {
                     if let Some(it) = self.table(v, &format!("`inputs` of {place}")) {
                         for (ik, iv) in entries(it) {
                             let port = key_sp(ik);
+                            s.input_keys.push(port.value.clone());
                             let what = format!("input `{}` of {place} (a \"stage.output\" reference)", port.value);
                             if let Some(r) = self.string(iv, &what) {
                                 s.inputs.push((port, r));
