@@ -56,8 +56,8 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// Errors reading or writing safetensors checkpoints. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a valid safetensors file: {message}")]
     Corrupt { path: String, message: String },
     #[error("{path}: tensor `{tensor}` has dtype {dtype}; only F32, F16 and BF16 can be read")]
@@ -71,7 +71,7 @@ pub enum CheckpointError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.display().to_string(), source }
+    move |error| CheckpointError::Io { path: path.display().to_string(), error }
 }
 
 /// Loads every tensor of a `.safetensors` file, or of a model directory (its

@@ -42,8 +42,8 @@ pub struct LlamaConfig {
 /// Errors reading or checking a config.json. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a valid config.json: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {message}")]
@@ -55,7 +55,7 @@ impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let path = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Io { path: p.clone(), error })?;
         Self::from_json_str(&text, &p)
     }
 

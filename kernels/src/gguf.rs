@@ -27,8 +27,8 @@ use crate::tokenizer::Tokenizer;
 /// Errors reading or converting a GGUF file. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: corrupt or truncated GGUF at byte {offset}: {message}")]
     Corrupt { path: String, offset: u64, message: String },
     #[error("{path}: {message}")]
@@ -206,7 +206,7 @@ impl<'a> Cursor<'a> {
         let n = self.u64(what)?;
         let left = (self.bytes.len() - self.pos) as u64;
         if n.saturating_mul(min_item as u64) > left {
-            return Err(self.corrupt(format!("{what} is {n}, more than the {left} bytes left can hold")));
+            return Err(self.corrupt(format!("{what} {n} needs at least {} bytes but only {left} are left", n.saturating_mul(min_item as u64))));
         }
         Ok(n as usize)
     }
@@ -263,7 +263,7 @@ impl GgufFile {
     /// Maps and parses the header of a GGUF file; checks every tensor lies inside the file.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
         let p = path.display().to_string();
-        let io = |source| GgufError::Io { path: p.clone(), source };
+        let io = |error| GgufError::Io { path: p.clone(), error };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: read-only map, used while `self` lives; nobody writes GGUF files in place.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;

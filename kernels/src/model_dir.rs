@@ -35,14 +35,14 @@ pub enum ModelDirError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Chat(#[from] ChatError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelDirError + '_ {
-    move |source| ModelDirError::Io { path: path.display().to_string(), source }
+    move |error| ModelDirError::Io { path: path.display().to_string(), error }
 }
 
 impl ModelDir {

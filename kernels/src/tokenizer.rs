@@ -16,8 +16,8 @@ use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWra
 /// Errors from loading, using, training or saving a tokenizer.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("{path}: cannot read: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a valid tokenizer.json: {message}")]
     Parse { path: String, message: String },
     #[error("encoding {text:?}: {message}")]
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(p: &Path) -> Result<Tokenizer, TokenizerError> {
-        let text = std::fs::read_to_string(p).map_err(|source| TokenizerError::Io { path: p.display().to_string(), source })?;
+        let text = std::fs::read_to_string(p).map_err(|error| TokenizerError::Io { path: p.display().to_string(), error })?;
         Self::from_json_str(&text, &p.display().to_string())
     }
 
