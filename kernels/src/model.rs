@@ -383,9 +383,28 @@ impl Llama {
         if i < self.params.len() { i } else { 0 }
     }
 
-    /// [Wq; Wk; Wv] of a layer stacked by rows: ((Hq + 2·Hkv)·hd, D).
-    fn qkv_weight(&self, layer: usize) -> Vec<f32> {
-        [WQ, WK, WV].iter().flat_map(|&j| self.layer_param(layer, j).iter().copied()).collect()
+    /// Weights of a layer stacked by rows, e.g. [Wq; Wk; Wv] ((Hq + 2·Hkv)·hd, D): one product
+    /// with the stack replaces one per weight.
+    fn stacked_weight(&self, layer: usize, js: &[usize]) -> Vec<f32> {
+        js.iter().flat_map(|&j| self.layer_param(layer, j).iter().copied()).collect()
+    }
+
+    /// Backward of `y = x @ stackᵀ`: `dx += dy @ stack` and the stack's weight gradient, whose
+    /// row blocks are the gradients of the stacked tensors, added into `grads`.
+    fn stacked_linear_backward(&self, dx: &mut [f32], grads: &mut Grads, layer: usize, js: &[usize], dy: &[f32], x: &[f32]) {
+        let d = self.config.hidden_size;
+        let n = x.len() / d;
+        let w = self.stacked_weight(layer, js);
+        let dout = w.len() / d;
+        let mut dw = vec![0.0; w.len()];
+        linear_backward(dx, &mut dw, dy, x, &w, n, d, dout);
+        let mut rest = dw.as_slice();
+        for &j in js {
+            let g = &mut grads.tensors[Self::layer_index(layer, j)];
+            let (part, tail) = rest.split_at(g.len());
+            g.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            rest = tail;
+        }
     }
 
     /// Width of the head's output per token.
@@ -438,11 +457,12 @@ impl Llama {
             norm::rmsnorm(&mut h1, &mut rstd1, &x, w(ATTN_NORM), c.rms_norm_eps);
             // q, k and v come from one product with [Wq; Wk; Wv]: one wide gemm runs closer to
             // the peak than three narrow ones (n = 64 for k and v in the small presets).
-            let wqkv = self.qkv_weight(l);
+            let wqkv = self.stacked_weight(l, &[WQ, WK, WV]);
             let mut qkv = vec![0.0; n * (qd + 2 * kvd)];
             linear(&mut qkv, &h1, &wqkv, n, d, qd + 2 * kvd);
-            let (mut q, mut k, v) = split_columns3(&qkv, n, qd, kvd);
+            let mut parts = split_columns(&qkv, n, &[qd, kvd, kvd]).into_iter();
             drop(qkv);
+            let (mut q, mut k, v) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
             rope::rope(&mut q, &batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Forward);
             rope::rope(&mut k, &batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Forward);
             let mut att = vec![0.0; n * qd];
@@ -454,9 +474,13 @@ impl Llama {
             let mut rstd2 = vec![0.0; n];
             let mut h2 = vec![0.0; n * d];
             norm::rmsnorm(&mut h2, &mut rstd2, &x_mid, w(MLP_NORM), c.rms_norm_eps);
-            let (mut g, mut u, mut a) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
-            linear(&mut g, &h2, w(WG), n, d, f);
-            linear(&mut u, &h2, w(WU), n, d, f);
+            // Gate and up from one product with [Wg; Wu], for the same reason as q/k/v.
+            let mut gu = vec![0.0; n * 2 * f];
+            linear(&mut gu, &h2, &self.stacked_weight(l, &[WG, WU]), n, d, 2 * f);
+            let mut parts = split_columns(&gu, n, &[f, f]).into_iter();
+            drop(gu);
+            let (g, u) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            let mut a = vec![0.0; n * f];
             swiglu::swiglu(&mut a, &g, &u);
             let mut x_out = vec![0.0; n * d];
             linear(&mut x_out, &a, w(WD), n, f, d);
@@ -524,9 +548,10 @@ impl Llama {
             let (mut dg, mut du) = (vec![0.0; n * f], vec![0.0; n * f]);
             swiglu::swiglu_backward(&mut dg, &mut du, &da, &s.g, &s.u);
             drop(da);
+            let dgu = join_columns(&[&dg, &du], n, &[f, f]);
+            drop((dg, du));
             let mut dh2 = vec![0.0; n * d];
-            linear_backward(&mut dh2, &mut grads.tensors[gi(WG)], &dg, &s.h2, w(WG), n, d, f);
-            linear_backward(&mut dh2, &mut grads.tensors[gi(WU)], &du, &s.h2, w(WU), n, d, f);
+            self.stacked_linear_backward(&mut dh2, &mut grads, l, &[WG, WU], &dgu, &s.h2);
             // dx now flows into x_mid: the residual path plus the MLP norm's backward.
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(MLP_NORM)], &dh2, &s.x_mid, w(MLP_NORM), &s.rstd2);
             // Attention: x_mid = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))).
@@ -538,16 +563,10 @@ impl Llama {
             rope::rope(&mut dk, &fwd.batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Inverse);
             // The fused q/k/v product's backward: dh1 = dqkv @ Wqkv and dWqkv = dqkvᵀ @ h1, whose
             // row blocks are exactly dWq, dWk and dWv.
-            let dqkv = join_columns3(&dq, &dk, &dv, n, qd, kvd);
+            let dqkv = join_columns(&[&dq, &dk, &dv], n, &[qd, kvd, kvd]);
             drop((dq, dk, dv));
             let mut dh1 = vec![0.0; n * d];
-            let mut dwqkv = vec![0.0; (qd + 2 * kvd) * d];
-            linear_backward(&mut dh1, &mut dwqkv, &dqkv, &s.h1, &self.qkv_weight(l), n, d, qd + 2 * kvd);
-            let (dwq, rest) = dwqkv.split_at(qd * d);
-            let (dwk, dwv) = rest.split_at(kvd * d);
-            for (j, part) in [(WQ, dwq), (WK, dwk), (WV, dwv)] {
-                grads.tensors[gi(j)].iter_mut().zip(part).for_each(|(a, b)| *a += b);
-            }
+            self.stacked_linear_backward(&mut dh1, &mut grads, l, &[WQ, WK, WV], &dqkv, &s.h1);
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(ATTN_NORM)], &dh1, &s.x, w(ATTN_NORM), &s.rstd1);
         }
         embedding::embedding_backward(&mut grads.tensors[0], d, &fwd.batch.tokens, &dx);
@@ -648,25 +667,27 @@ impl Llama {
     }
 }
 
-/// Splits x (N, a + 2b) into its column blocks (N, a), (N, b), (N, b).
-fn split_columns3(x: &[f32], n: usize, a: usize, b: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let w = a + 2 * b;
-    let (mut p, mut q, mut r) = (Vec::with_capacity(n * a), Vec::with_capacity(n * b), Vec::with_capacity(n * b));
-    for row in x.chunks(w).take(n) {
-        p.extend_from_slice(&row[..a]);
-        q.extend_from_slice(&row[a..a + b]);
-        r.extend_from_slice(&row[a + b..]);
+/// Splits x (N, Σ widths) into its column blocks, (N, w) each.
+fn split_columns(x: &[f32], n: usize, widths: &[usize]) -> Vec<Vec<f32>> {
+    let total: usize = widths.iter().sum();
+    let mut parts: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(n * w)).collect();
+    for row in x.chunks(total).take(n) {
+        let mut c = 0;
+        for (p, &w) in parts.iter_mut().zip(widths) {
+            p.extend_from_slice(&row[c..c + w]);
+            c += w;
+        }
     }
-    (p, q, r)
+    parts
 }
 
-/// The inverse of [`split_columns3`].
-fn join_columns3(p: &[f32], q: &[f32], r: &[f32], n: usize, a: usize, b: usize) -> Vec<f32> {
-    let mut x = Vec::with_capacity(n * (a + 2 * b));
+/// The inverse of [`split_columns`]: parts (N, w) side by side into (N, Σ w).
+fn join_columns(parts: &[&[f32]], n: usize, widths: &[usize]) -> Vec<f32> {
+    let mut x = Vec::with_capacity(n * widths.iter().sum::<usize>());
     for i in 0..n {
-        x.extend_from_slice(&p[i * a..(i + 1) * a]);
-        x.extend_from_slice(&q[i * b..(i + 1) * b]);
-        x.extend_from_slice(&r[i * b..(i + 1) * b]);
+        for (p, &w) in parts.iter().zip(widths) {
+            x.extend_from_slice(&p[i * w..(i + 1) * w]);
+        }
     }
     x
 }
