@@ -7,19 +7,25 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{run_json, stage};
+use common::run_json;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn report_of(ws: &Path, run: &serde_json::Value, name: &str, output: &str) -> serde_json::Value {
-    let fp = stage(run, name)["fingerprint"].as_str().unwrap().to_string();
+/// The fingerprint of stage `name` in `round` (loop instances share the name, not the round).
+fn fingerprint(run: &serde_json::Value, name: &str, round: u64) -> String {
+    let s = run["stages"].as_array().unwrap().iter().find(|s| s["name"] == name && s["round"] == round);
+    s.unwrap_or_else(|| panic!("no {name} in round {round}"))["fingerprint"].as_str().unwrap().to_string()
+}
+
+fn report_of(ws: &Path, run: &serde_json::Value, name: &str, round: u64, output: &str) -> serde_json::Value {
+    let fp = fingerprint(run, name, round);
     serde_json::from_slice(&common::artifact(ws, &fp, output, "report.json")).unwrap()
 }
 
-fn table_rows(ws: &Path, run: &serde_json::Value, name: &str, output: &str) -> usize {
-    let fp = stage(run, name)["fingerprint"].as_str().unwrap().to_string();
+fn table_rows(ws: &Path, run: &serde_json::Value, name: &str, round: u64, output: &str) -> usize {
+    let fp = fingerprint(run, name, round);
     let path = ws.join("artifacts").join(fp).join(output).join("table.parquet");
     datasets::table::read_parquet(&path).unwrap().num_rows()
 }
@@ -32,23 +38,23 @@ fn rlhf_small_runs_three_rounds_and_caches() {
     let run = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
 
     // Pairs accumulate: round r holds at least the pairs of round r - 1.
-    let pairs: Vec<usize> = (1..=3).map(|r| table_rows(&ws, &run, &format!("collect@{r}"), "pairs")).collect();
+    let pairs: Vec<usize> = (1..=3).map(|r| table_rows(&ws, &run, "collect", r, "pairs")).collect();
     assert!(pairs[0] > 0 && pairs[1] > pairs[0] && pairs[2] > pairs[1], "{pairs:?}");
 
     for r in 1..=3 {
         for rm in ["rm_helpful", "rm_safe"] {
-            let rep = report_of(&ws, &run, &format!("{rm}@{r}"), "report");
+            let rep = report_of(&ws, &run, rm, r, "report");
             assert!(rep["accuracy_by_rating"].is_object(), "{rm}@{r}: {rep}");
             assert!(rep["loss_curve"].as_array().is_some_and(|c| !c.is_empty()));
         }
-        let rs = report_of(&ws, &run, &format!("rs@{r}"), "report");
+        let rs = report_of(&ws, &run, "rs", r, "report");
         for key in ["max_reward_by_k", "median_reward_by_k", "gold_of_chosen_by_k", "gold_median_by_k"] {
             let m = rs[key].as_object().unwrap_or_else(|| panic!("rs@{r}: no {key}"));
             assert_eq!(m.keys().cloned().collect::<Vec<_>>(), ["1", "2", "4"], "{key}");
         }
         // Max over more samples never falls below max over fewer.
         assert!(rs["max_reward_by_k"]["4"].as_f64().unwrap() >= rs["max_reward_by_k"]["1"].as_f64().unwrap());
-        let ppo = report_of(&ws, &run, &format!("ppo@{r}"), "report");
+        let ppo = report_of(&ws, &run, "ppo", r, "report");
         let curve = ppo["curve"].as_array().unwrap();
         assert!(!curve.is_empty());
         for k in ["reward", "kl", "entropy", "clip_fraction"] {
@@ -56,7 +62,7 @@ fn rlhf_small_runs_three_rounds_and_caches() {
         }
     }
     // The pool of best answers grows with the rounds' new prompts.
-    assert!(table_rows(&ws, &run, "rs@3", "best") > table_rows(&ws, &run, "rs@1", "best"));
+    assert!(table_rows(&ws, &run, "rs", 3, "best") > table_rows(&ws, &run, "rs", 1, "best"));
 
     // Nothing changed: every stage is cached.
     let again = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
