@@ -361,7 +361,9 @@ impl JobCtx {
         let (progress, name) = (self.progress.clone(), inst.name.clone());
         let row_progress: crate::rows::RowProgress = Arc::new(move |done, total| progress.rows(&name, done, total));
         let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress));
-        let mut ctx = RunCtx::new(&inst.name, inst.round, inst.seed, &decl.params, &self.plan.base_dir, inputs, out_dirs, &engine);
+        let scratch = self.store.scratch_dir(&inst.fingerprint).map_err(|e| StageError::wrap("creating the scratch directory", e))?;
+        let mut ctx = RunCtx::new(&inst.name, inst.round, inst.seed, &decl.params, &self.plan.base_dir, inputs, out_dirs, &engine)
+            .with_scratch(scratch);
         kind.run(&mut ctx)?;
         let rows = ctx.row_stats();
         for p in &outputs {
@@ -373,6 +375,7 @@ impl JobCtx {
         }
         let types = outputs.iter().map(|p| (p.name.to_string(), p.ty.name().to_string())).collect();
         self.store.commit(staging, &inst.name, &decl.kind, types).map_err(|e| StageError::wrap("committing outputs", e))?;
+        self.store.remove_scratch(&inst.fingerprint);
         Ok(rows)
     }
 }

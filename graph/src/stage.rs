@@ -158,6 +158,7 @@ pub struct RunCtx<'a> {
     pub(crate) outputs: BTreeMap<String, PathBuf>,
     pub(crate) rows: &'a dyn RowEngine,
     pub(crate) row_stats: Option<RowStats>,
+    pub(crate) scratch: Option<PathBuf>,
 }
 
 impl<'a> RunCtx<'a> {
@@ -173,7 +174,21 @@ impl<'a> RunCtx<'a> {
         outputs: BTreeMap<String, PathBuf>,
         rows: &'a dyn RowEngine,
     ) -> Self {
-        RunCtx { instance, round, seed, params, base_dir, inputs, outputs, rows, row_stats: None }
+        RunCtx { instance, round, seed, params, base_dir, inputs, outputs, rows, row_stats: None, scratch: None }
+    }
+
+    /// Gives the stage a persistent scratch directory (see [`RunCtx::scratch_dir`]).
+    pub fn with_scratch(mut self, dir: PathBuf) -> Self {
+        self.scratch = Some(dir);
+        self
+    }
+
+    /// A directory private to this stage instance (keyed by its fingerprint) that survives a
+    /// crash or kill of the run, for resumable work such as training checkpoints. The runtime
+    /// removes it once the instance's outputs are committed. None when the stage runs outside
+    /// a workspace (unit tests).
+    pub fn scratch_dir(&self) -> Option<&Path> {
+        self.scratch.as_deref()
     }
 
     /// The artifact directory wired to input `port`.

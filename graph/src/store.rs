@@ -10,6 +10,8 @@
 //! runs/<pipeline>.json                 the last run's instances and fingerprint inputs
 //! runs/LATEST                          name of the pipeline run last (for `show`)
 //! tmp/                                 staging; anything here is garbage after a crash
+//! scratch/<fingerprint>/               a running instance's resumable state (training
+//!                                      checkpoints); kept across crashes, removed on commit
 //! ```
 //! Every write is atomic: files are written under a temporary name, fsynced and renamed;
 //! artifact directories are staged in `tmp/` and renamed into place after their manifest is
@@ -268,6 +270,20 @@ impl Store {
         fs::rename(&staging.dir, &target).map_err(io(&target))?;
         sync_dir(&self.root.join("artifacts"))?;
         Ok(manifest)
+    }
+
+    /// The scratch directory of a stage instance, created if needed. Unlike `tmp/` it is kept
+    /// when a run dies, so that the next run of the same fingerprint can resume from it.
+    pub fn scratch_dir(&self, fingerprint: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("scratch").join(fingerprint);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Drops an instance's scratch directory once its result is committed (best effort: a
+    /// leftover only costs disk, never correctness, since resumes check what they load).
+    pub fn remove_scratch(&self, fingerprint: &str) {
+        let _ = fs::remove_dir_all(self.root.join("scratch").join(fingerprint));
     }
 
     fn memo_dir(&self, key: &str) -> PathBuf {

@@ -65,7 +65,7 @@ impl Stage for Sft {
             ParamSpec::float("min_lr_ratio", 0.0, 1.0, Some(0.1), "cosine floor as a fraction of lr (Llama 2: 0.1)"),
             ParamSpec::float("weight_decay", 0.0, 10.0, Some(0.1), "AdamW decoupled weight decay (not on norms)"),
             ParamSpec::float("clip", 0.0, 1e6, Some(1.0), "global gradient-norm clip; 0 = none"),
-            ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints (needs the runtime's scratch directory); 0 = none"),
+            ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints, kept in the runtime's scratch directory so a killed run resumes; 0 = none"),
             ParamSpec::str("messages_column", Some("messages"), "the chat column"),
             ParamSpec::str("text_column", Some("text"), "the text column (pretraining data)"),
         ]
@@ -181,10 +181,10 @@ fn random_config(ctx: &RunCtx<'_>, tok: &Tokenizer) -> Result<LlamaConfig, Stage
     })
 }
 
-/// Where checkpoints go: the runtime's per-instance scratch directory once it exists. Until
-/// then the stage runs without resume (the loop's resume is tested directly).
-fn checkpoint_dir(_ctx: &RunCtx<'_>) -> Option<PathBuf> {
-    None
+/// Where checkpoints go: the runtime's per-instance scratch directory, which survives a kill
+/// and is keyed by the instance's fingerprint, so a re-run of the same stage resumes from it.
+fn checkpoint_dir(ctx: &RunCtx<'_>) -> Option<PathBuf> {
+    ctx.scratch_dir().map(|d| d.join("checkpoints"))
 }
 
 #[cfg(test)]
