@@ -11,6 +11,7 @@ pub mod docs;
 pub mod eval;
 pub mod jsonl;
 pub mod parquet;
+pub mod source;
 pub mod ppo;
 pub mod progress;
 pub mod registry;

@@ -1,39 +1,9 @@
-//! `parquet`: a source stage reading a parquet file named by `path` (relative to the pipeline
-//! file). The file's content hash is part of the fingerprint, so editing the file re-runs the
-//! source and, through the row memo, only the new or changed rows of row-wise stages below it.
-//! An `id` row-key column is derived from the row hash when the file has none.
+//! `parquet`: a user's Parquet file as a table (see `source` for what every file source does).
 
-use std::path::Path;
+use crate::source::FileSource;
 
-use graph::{ArtifactType, ParamSpec, Params, Port, RunCtx, Stage, StageError};
-
-use crate::common::{hash_file, run_source, source_path};
-
-pub struct ParquetSource;
-
-impl Stage for ParquetSource {
-    fn kind(&self) -> &'static str {
-        "parquet"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn doc(&self) -> &'static str {
-        "A Parquet file of the user's (e.g. TRL-style prompt/chosen/rejected or a `messages` column) as a table."
-    }
-    fn inputs(&self) -> Vec<Port> {
-        Vec::new()
-    }
-    fn outputs(&self) -> Vec<Port> {
-        vec![Port::new("table", ArtifactType::Table, "the file's rows, with a string `id` column")]
-    }
-    fn params(&self) -> Vec<ParamSpec> {
-        vec![ParamSpec::str("path", None, "the file, relative to the pipeline file")]
-    }
-    fn external_fingerprint(&self, params: &Params, base_dir: &Path) -> Result<Option<[u8; 32]>, StageError> {
-        hash_file(&source_path(params, base_dir)?).map(Some)
-    }
-    fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
-        run_source(ctx, datasets::table::read_parquet)
-    }
-}
+pub const PARQUET: FileSource = FileSource {
+    kind: "parquet",
+    doc: "A Parquet file of the user's (e.g. TRL-style prompt/chosen/rejected or a `messages` column) as a table.",
+    read: datasets::table::read_parquet,
+};

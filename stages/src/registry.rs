@@ -8,8 +8,8 @@ use graph::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(crate::assistant_world::AssistantWorld));
-    r.register(Arc::new(crate::parquet::ParquetSource));
-    r.register(Arc::new(crate::jsonl::JsonlSource));
+    r.register(Arc::new(crate::parquet::PARQUET));
+    r.register(Arc::new(crate::jsonl::JSONL));
     r.register(Arc::new(crate::train_tokenizer::TrainTokenizer));
     r.register(Arc::new(crate::tokenize::Tokenize));
     r.register(Arc::new(crate::collect_preferences::CollectPreferences));
