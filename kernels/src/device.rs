@@ -2,9 +2,9 @@
 //!
 //! `Device::Cpu` is always there. `Device::Cuda` holds a handle from the `cuda` module, which
 //! is the real cudarc-backed module when the `cuda` cargo feature is on and an uninhabited stub
-//! when it is off, so code above this file never writes `cfg(feature = "cuda")`. The CUDA
-//! kernels themselves arrive in a later issue; today a CUDA device can be probed and named, and
-//! every op runs on the CPU.
+//! when it is off, so code above this file never writes `cfg(feature = "cuda")`. Opening a
+//! CUDA device creates its context and loads the kernels; the CUDA model, decoder and ops live
+//! in `crate::cuda` (feature `cuda`).
 
 /// Errors opening a device.
 #[derive(Debug, thiserror::Error)]
@@ -64,25 +64,25 @@ mod cuda {
 
     #[derive(Debug, Clone)]
     pub struct CudaDevice {
-        ordinal: usize,
+        gpu: std::sync::Arc<crate::cuda::Gpu>,
     }
 
     impl CudaDevice {
+        /// Opens the device: probes the libraries (no panic without them), creates the
+        /// context and loads the kernels (compiled by NVRTC once, then cached).
         pub fn open(ordinal: usize) -> Result<CudaDevice, DeviceError> {
-            let unavailable = |message: String| DeviceError::Unavailable { ordinal, message };
-            // SAFETY: only checks whether the shared library can be loaded.
-            if !unsafe { cudarc::driver::sys::is_culib_present() } {
-                return Err(unavailable("libcuda is not present".into()));
-            }
-            let count = cudarc::driver::CudaContext::device_count().map_err(|e| unavailable(format!("{e:?}")))?;
-            if ordinal >= count as usize {
-                return Err(unavailable(format!("only {count} device(s)")));
-            }
-            Ok(CudaDevice { ordinal })
+            crate::cuda::Gpu::open(ordinal)
+                .map(|gpu| CudaDevice { gpu })
+                .map_err(|e| DeviceError::Unavailable { ordinal, message: e.to_string() })
         }
 
         pub fn ordinal(&self) -> usize {
-            self.ordinal
+            self.gpu.ordinal()
+        }
+
+        /// The device handle the CUDA model and kernels run on.
+        pub fn gpu(&self) -> &std::sync::Arc<crate::cuda::Gpu> {
+            &self.gpu
         }
     }
 }

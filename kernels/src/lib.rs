@@ -18,3 +18,5 @@ pub mod generate;
 pub mod optim;
 pub mod schedule;
 pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -36,6 +36,16 @@ impl RopeTable {
         }
         RopeTable { half, len, cos, sin }
     }
+
+    /// cos of every (position, pair) angle, (len, half).
+    pub fn cos(&self) -> &[f32] {
+        &self.cos
+    }
+
+    /// sin of every (position, pair) angle, (len, half).
+    pub fn sin(&self) -> &[f32] {
+        &self.sin
+    }
 }
 
 fn angle(pos: usize, i: usize, head_dim: usize, theta: f32) -> f64 {

@@ -1,0 +1,85 @@
+// Shared helpers for alignflow's CUDA kernels. The sources are compiled together by NVRTC at
+// run time (kernels/src/cuda/mod.rs), once per device architecture, and cached on disk.
+//
+// No CUDA headers are included, so the kernels compile with NVRTC alone: bf16 values travel as
+// `unsigned short` bit patterns and are converted by hand (round to nearest even, as
+// __float2bfloat16 does), and the tensor-core products use inline PTX `mma.sync`.
+
+typedef unsigned short bf16;
+typedef unsigned int u32;
+typedef long long i64;
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float bf2f(bf16 h) { return __uint_as_float(((u32)h) << 16); }
+
+__device__ __forceinline__ bf16 f2bf(float x) {
+    u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);  // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16)(u >> 16);
+}
+
+// Two bf16 in one 32-bit register, `lo` in the low half (the element with the lower index).
+__device__ __forceinline__ u32 pack_bf2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed order, so results
+// are bit-identical run to run. `sh` holds 32 floats of shared memory.
+__device__ float block_sum(float v, float* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : 0.f;
+    if (w == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ float block_max(float v, float* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : NEG_INF;
+    if (w == 0) v = warp_max(v);
+    if (threadIdx.x == 0) sh[0] = v;
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// D = A·B + D on the tensor cores: A 16x16 (row), B 16x8 (col), bf16 in, f32 accumulate.
+// Fragment layout (PTX ISA, mma.m16n8k16): with g = lane/4 and t = lane%4,
+//   a0: A[g][2t..2t+1]   a1: A[g+8][2t..2t+1]   a2: A[g][2t+8..2t+9]   a3: A[g+8][2t+8..2t+9]
+//   b0: B[2t..2t+1][g]   b1: B[2t+8..2t+9][g]
+//   d0,d1: D[g][2t..2t+1]   d2,d3: D[g+8][2t..2t+1]
+__device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two consecutive bf16 from shared memory as one register (the address must be 4-byte aligned).
+__device__ __forceinline__ u32 ld2(const bf16* p) { return *(const u32*)p; }
+// Two bf16 from different rows (p[0] and p[stride]) as one register.
+__device__ __forceinline__ u32 ld2s(const bf16* p, int stride) { return (u32)p[0] | ((u32)p[stride] << 16); }
