@@ -29,7 +29,7 @@ impl Stage for Sft {
         "sft"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn doc(&self) -> &'static str {
         "Supervised fine-tuning with loss on assistant tokens only (mode = \"sft\"), or pretraining with loss on every token (mode = \"pretrain\"), from an input model or from random init; packing, AdamW, warm-up + cosine, gradient accumulation, clipping; writes a Hugging Face model directory with tokenizer, chat template and loss curve."
@@ -65,6 +65,7 @@ impl Stage for Sft {
             ParamSpec::float("min_lr_ratio", 0.0, 1.0, Some(0.1), "cosine floor as a fraction of lr (Llama 2: 0.1)"),
             ParamSpec::float("weight_decay", 0.0, 10.0, Some(0.1), "AdamW decoupled weight decay (not on norms)"),
             ParamSpec::float("clip", 0.0, 1e6, Some(1.0), "global gradient-norm clip; 0 = none"),
+            ParamSpec::int("shards", 1, 1024, Some(2), "each micro-batch's rows are split into this many shards whose passes run concurrently (gradients summed in order); changes results only by float summation order, and never depends on the thread count"),
             ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints, kept in the runtime's scratch directory so a killed run resumes; 0 = none"),
             ParamSpec::str("messages_column", Some("messages"), "the chat column"),
             ParamSpec::str("text_column", Some("text"), "the text column (pretraining data)"),
@@ -144,6 +145,7 @@ fn train_config(ctx: &RunCtx<'_>, separator: Option<u32>) -> Result<TrainConfig,
         clip: p.float("clip")? as f32,
         seed: ctx.seed,
         separator,
+        shards: u("shards")?,
     };
     if cfg.epochs == 0 && cfg.max_steps == 0 {
         return Err(StageError::Param { name: "epochs".into(), expected: "at least 1 when max_steps is 0".into() });

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use kernels::checkpoint::{load_tensors, save_tensors, SaveDtype, TensorMap};
 use kernels::model::Llama;
-use kernels::optim::{lm_train_step, mean_ce_micro_batches, AdamW, AdamWConfig};
+use kernels::model::{Grads, ModelError};
+use kernels::optim::{clip_grad_norm, mean_ce_micro_batches, AdamW, AdamWConfig, LmMicroBatch};
+use rayon::prelude::*;
 
 use super::examples::Example;
 use super::packing::{pack_epoch, PackedRow};
@@ -57,6 +59,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Appended after an example that does not end with it (usually EOS).
     pub separator: Option<u32>,
+    /// Each micro-batch's rows are split into this many contiguous shards whose forward and
+    /// backward passes run concurrently; their gradients are summed in shard order. The result
+    /// depends on this number (float summation order), never on the thread count.
+    pub shards: usize,
 }
 
 impl TrainConfig {
@@ -164,6 +170,9 @@ fn check(cfg: &TrainConfig) -> Result<(), TrainError> {
     if cfg.max_steps == 0 && cfg.epochs == 0 {
         return bad("give epochs or max_steps");
     }
+    if cfg.shards == 0 {
+        return bad("shards must be at least 1");
+    }
     if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
         return bad("lr must be positive");
     }
@@ -223,11 +232,43 @@ fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainC
     let targets: Vec<Vec<i32>> = rows.iter().map(|r| r.targets.clone()).collect();
     let micro = mean_ce_micro_batches(&ids, &targets, cfg.batch_size);
     let clip = (cfg.clip > 0.0).then_some(cfg.clip);
-    let r = lm_train_step(model, opt, &micro, lr, clip).map_err(|source| TrainError::Model { step, source })?;
+    let r = sharded_step(model, opt, &micro, cfg.shards, lr, clip).map_err(|source| TrainError::Model { step, source })?;
     if !r.loss.is_finite() {
         return Err(TrainError::Diverged { step, loss: r.loss });
     }
     Ok(LossPoint { step: step + 1, loss: r.loss, lr, grad_norm: r.grad_norm, scored_tokens: scored })
+}
+
+/// The engine's language-model step (`kernels::optim::lm_train_step`: gradients of every
+/// micro-batch summed in order, global-norm clipping, one AdamW update), with each micro-batch
+/// split into `shards` row shards whose passes run concurrently. With one shard it is exactly
+/// the engine's step. Several shards keep both cores busy where one pass cannot: on 2 cores
+/// the engine's single pass of 8 × 128 tokens used about 1.6 of them (BENCHMARKS-pipeline.md).
+fn sharded_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], shards: usize, lr: f32, clip: Option<f32>) -> Result<kernels::optim::StepReport, ModelError> {
+    let mut total = Grads::zeros(model);
+    let mut loss = 0.0f64;
+    let mut tokens = 0;
+    for mb in micro {
+        let per = mb.rows.len().div_ceil(shards.max(1)).max(1);
+        let ranges: Vec<(usize, usize)> = (0..mb.rows.len()).step_by(per).map(|a| (a, (a + per).min(mb.rows.len()))).collect();
+        let m: &Llama = model;
+        let parts: Vec<Result<(f32, Grads), ModelError>> = ranges
+            .par_iter()
+            .map(|&(a, b)| m.weighted_nll_grads(&mb.rows[a..b], &mb.targets[a..b], &mb.weights[a..b]))
+            .collect();
+        for part in parts {
+            let (l, g) = part?;
+            loss += l as f64;
+            total.add_assign(&g);
+        }
+        tokens += mb.rows.iter().map(|r| r.len()).sum::<usize>();
+    }
+    let grad_norm = match clip {
+        Some(c) => clip_grad_norm(&mut total, c),
+        None => total.global_norm(),
+    };
+    opt.update(model, &total, lr)?;
+    Ok(kernels::optim::StepReport { loss: loss as f32, grad_norm, lr, tokens })
 }
 
 /// blake3 over what a checkpoint's validity depends on: the configuration, the examples and
@@ -450,6 +491,7 @@ mod tests {
             clip: 1.0,
             seed: 7,
             separator: Some(2),
+            shards: 1,
         }
     }
 
@@ -477,12 +519,47 @@ mod tests {
         assert_eq!(out.curve.len(), out.total_steps);
     }
 
+    /// One shard is exactly the engine's step; two shards give the same step up to float
+    /// summation order, and the same result whatever the thread count.
+    #[test]
+    fn sharded_step_matches_the_engine_step() {
+        let ex = examples();
+        let rows = super::super::packing::pack_epoch(&ex, 16, Some(2), 7, 0);
+        let ids: Vec<Vec<u32>> = rows[..4].iter().map(|r| r.ids.clone()).collect();
+        let targets: Vec<Vec<i32>> = rows[..4].iter().map(|r| r.targets.clone()).collect();
+        let micro = mean_ce_micro_batches(&ids, &targets, 2);
+        let run = |shards: usize| {
+            let mut model = Llama::new_random(tiny_config(), 3);
+            let mut opt = AdamW::new(AdamWConfig::llama2(0.1), &model);
+            let r = sharded_step(&mut model, &mut opt, &micro, shards, 1e-2, Some(1.0)).unwrap();
+            (r, model.params().iter().map(|p| p.to_vec()).collect::<Vec<_>>())
+        };
+        let mut model = Llama::new_random(tiny_config(), 3);
+        let mut opt = AdamW::new(AdamWConfig::llama2(0.1), &model);
+        let engine = kernels::optim::lm_train_step(&mut model, &mut opt, &micro, 1e-2, Some(1.0)).unwrap();
+        let engine_params: Vec<Vec<f32>> = model.params().iter().map(|p| p.to_vec()).collect();
+        let (one, one_params) = run(1);
+        assert_eq!(one, engine);
+        assert_eq!(one_params, engine_params);
+        let (two, two_params) = run(2);
+        assert!((two.loss - engine.loss).abs() < 1e-5 * engine.loss.abs().max(1.0), "{} vs {}", two.loss, engine.loss);
+        assert!((two.grad_norm - engine.grad_norm).abs() < 1e-4 * engine.grad_norm.max(1.0));
+        for (a, b) in two_params.iter().flatten().zip(engine_params.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // The same on one thread: shards, not threads, decide the numbers.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let (two_1t, two_1t_params) = pool.install(|| run(2));
+        assert_eq!(two_1t, two);
+        assert_eq!(two_1t_params, two_params);
+    }
+
     /// Issue 4: a run killed midway and resumed from its newest checkpoint ends with weights
     /// bit-identical to an uninterrupted run.
     #[test]
     fn resume_after_a_kill_gives_bit_identical_weights() {
         let d = tempfile::tempdir().unwrap();
-        let cfg = config(9);
+        let cfg = TrainConfig { shards: 2, ..config(9) };
         let mut straight = Llama::new_random(tiny_config(), 3);
         let full = train(&mut straight, &examples(), &cfg, &opts(None, None)).unwrap();
 
