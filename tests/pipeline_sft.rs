@@ -2,7 +2,10 @@
 //! tables as Parquet sources → BPE → tokenize → pretrain (random init) → sft → eval of both.
 //! Issue 4's incremental acceptance: changing one demonstration re-tokenizes one row and
 //! re-runs SFT and what depends on it; changing one eval prompt re-runs one row of an eval
-//! whose model did not change. Also `alignflow report --json` on the result.
+//! whose model did not change, and so does changing one borderline prompt. An SFT stage killed
+//! halfway resumes from its checkpoint to the same weights as an uninterrupted run. A user's own
+//! chat data in TRL's `messages` format (Parquet) trains through the same stage. Also
+//! `alignflow report --json` on the result.
 
 mod common;
 use common::*;
@@ -123,6 +126,25 @@ fn one_changed_demonstration_reruns_one_row_then_sft_and_one_changed_prompt_one_
     // The SFT model changed, so its eval re-runs every row.
     assert_eq!(stage(&second, "eval_sft")["rows_computed"], 20);
 
+    // Cached row-wise stages report their rows, all reused.
+    let t = stage(&second, "pretrain_tokens");
+    assert_eq!(t["status"], "cached");
+    assert_eq!((t["rows_total"].as_u64(), t["rows_computed"].as_u64(), t["rows_reused"].as_u64()), (Some(60), Some(0), Some(60)));
+
+    // Edit one borderline prompt: one row of each eval re-runs, nothing else.
+    let mut border = datasets::schema::prompt_rows(&generate_split(&cfg, Split::EvalBorderline).unwrap(), "eval_borderline").unwrap();
+    border[1].prompt = format!("{} Thanks.", border[1].prompt);
+    put_table!(d.path(), "borderline.parquet", datasets::schema::prompts_batch(&border, "eval_borderline").unwrap());
+    let third = run_json(d.path(), "p.toml", "ws", &[]);
+    for s in ["eval_pretrain", "eval_sft"] {
+        let e = stage(&third, s);
+        assert_eq!((e["status"].as_str(), e["rows_total"].as_u64(), e["rows_computed"].as_u64(), e["rows_reused"].as_u64()), (Some("partial"), Some(20), Some(1), Some(19)), "{s}");
+    }
+    for s in ["sft_tokens", "pretrain", "sft"] {
+        assert_eq!(stage(&third, s)["status"], "cached", "{s}");
+    }
+    assert_eq!(stage(&third, "sft_tokens")["rows_reused"], 24);
+
     // The report names models after the stages that trained them.
     let out = alignflow(d.path(), &["report", "p.toml", "--workspace", "ws", "--json", "--out", "rep"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -152,4 +174,118 @@ fn sft_rows(cfg: &WorldConfig) -> Vec<datasets::schema::SftRow> {
             quality: quality[i].to_string(),
         })
         .collect()
+}
+
+/// The mini pipeline with SFT checkpointing every 5 of 300 steps (and no evals).
+fn resumable_pipeline() -> String {
+    let head = PIPELINE.split("[stages.eval_pretrain]").next().unwrap();
+    head.replace(
+        "params = { seq_len = 64, batch_size = 4, max_steps = 4, lr = 1e-3, warmup_steps = 1 }",
+        "params = { seq_len = 64, batch_size = 4, max_steps = 300, lr = 1e-3, warmup_steps = 1, checkpoint_every = 5 }",
+    )
+}
+
+/// The checkpoint directories an SFT run has left in the workspace's scratch area.
+fn checkpoints(ws: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(fps) = std::fs::read_dir(ws.join("scratch")) else { return Vec::new() };
+    fps.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_dir(e.path().join("checkpoints")).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("ckpt-"))
+        .collect()
+}
+
+/// Issue 4: the `sft` stage killed (SIGKILL) after its first checkpoints and run again resumes
+/// from the newest one and ends with weights bit-identical to an uninterrupted run.
+#[test]
+fn a_killed_sft_stage_resumes_to_bit_identical_weights() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path());
+    std::fs::write(d.path().join("r.toml"), resumable_pipeline()).unwrap();
+
+    let straight = run_json(d.path(), "r.toml", "ws_straight", &[]);
+    let sft_fp = stage(&straight, "sft")["fingerprint"].as_str().unwrap().to_string();
+    let weights = |ws: &str| std::fs::read(d.path().join(ws).join("artifacts").join(&sft_fp).join("model/model.safetensors")).unwrap();
+
+    let ws = d.path().join("ws_killed");
+    let mut child = bin().current_dir(d.path()).args(["run", "r.toml", "--json", "--workspace", "ws_killed"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    // Wait until SFT has written a checkpoint past its first, then kill it mid-run.
+    loop {
+        let cks = checkpoints(&ws);
+        if cks.iter().any(|p| !p.file_name().unwrap().to_string_lossy().ends_with("000000005")) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before a kill could hit the sft stage");
+        assert!(t0.elapsed().as_secs() < 300, "no sft checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!checkpoints(&ws).is_empty(), "the killed run left its checkpoints");
+
+    let out = alignflow(d.path(), &["run", "r.toml", "--json", "--workspace", "ws_killed"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sft: resuming at step"), "the re-run did not resume: {err}");
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stage(&resumed, "sft")["fingerprint"], sft_fp.as_str());
+    assert_eq!(stage(&resumed, "pretrain")["status"], "cached");
+    assert!(weights("ws_killed") == weights("ws_straight"), "resumed weights differ from the uninterrupted run's");
+    assert!(checkpoints(&ws).is_empty(), "the scratch checkpoints are removed once the stage commits");
+}
+
+/// Issue 4: a user's own SFT data, a Parquet file with nothing but TRL's `messages` column
+/// (list of role/content structs), trains through the `sft` stage from random init, and the
+/// model it writes answers a chat prompt through `alignflow generate`.
+#[test]
+fn a_users_trl_messages_parquet_trains_through_sft() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = setup(d.path());
+    let sft = generate_split(&cfg, Split::Sft).unwrap();
+    let trl = sft.project(&[sft.schema().index_of("messages").unwrap()]).unwrap();
+    assert_eq!(trl.num_columns(), 1);
+    put_table!(d.path(), "trl.parquet", trl);
+    std::fs::write(
+        d.path().join("t.toml"),
+        r#"
+[pipeline]
+name = "trl_chat"
+seed = 4
+
+[stages.text]
+kind = "parquet"
+params = { path = "pretrain.parquet" }
+
+[stages.chats]
+kind = "parquet"
+params = { path = "trl.parquet" }
+
+[stages.bpe]
+kind = "train_tokenizer"
+inputs = { text = "text.table" }
+params = { vocab_size = 400 }
+
+[stages.sft]
+kind = "sft"
+inputs = { data = "chats.table", tokenizer = "bpe.tokenizer" }
+params = { hidden_size = 32, layers = 2, heads = 4, kv_heads = 2, intermediate_size = 64, max_seq_len = 256, seq_len = 64, batch_size = 4, max_steps = 12, lr = 3e-3, warmup_steps = 2 }
+"#,
+    )
+    .unwrap();
+    let run = run_json(d.path(), "t.toml", "ws", &[]);
+    let s = stage(&run, "sft");
+    assert_eq!(s["status"], "ran");
+    let model = d.path().join("ws/artifacts").join(s["fingerprint"].as_str().unwrap()).join("model");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(model.join("train_summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["examples"], 24);
+    assert_eq!(summary["steps"], 12);
+    assert!(summary["scored_tokens_per_epoch"].as_u64().unwrap() > 0);
+    let curve = std::fs::read_to_string(model.join("loss_curve.csv")).unwrap();
+    assert_eq!(curve.lines().count(), 13, "a header and one line per step");
+    let model_arg = model.to_string_lossy().to_string();
+    let out = alignflow(d.path(), &["generate", "--model", &model_arg, "--chat", "What is 7 + 12?", "--greedy", "--max-new-tokens", "8", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -33,17 +33,23 @@ impl FpRecord {
     /// The memo-table key of a row-wise stage: the fingerprint without the row input, so that
     /// rows of an edited table can reuse what was computed for the rows it kept.
     pub fn memo_key(&self, row_port: &str) -> String {
-        self.digest(Some(row_port))
+        self.digest(Some(&[row_port]))
     }
 
-    fn digest(&self, skip_port: Option<&str>) -> String {
+    /// The memo key of a stage that maps the rows of several inputs: all of them are left out
+    /// (with one port, the same key as [`FpRecord::memo_key`]).
+    pub fn memo_key_without(&self, row_ports: &[&str]) -> String {
+        self.digest(Some(row_ports))
+    }
+
+    fn digest(&self, skip_ports: Option<&[&str]>) -> String {
         let mut h = blake3::Hasher::new();
         let mut put = |tag: &str, bytes: &[u8]| {
             h.update(tag.as_bytes());
             h.update(&(bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
-        put("alignflow-fingerprint", if skip_port.is_some() { b"memo-v1" } else { b"stage-v1" });
+        put("alignflow-fingerprint", if skip_ports.is_some() { b"memo-v1" } else { b"stage-v1" });
         put("kind", self.kind.as_bytes());
         put("version", &self.version.to_le_bytes());
         for (k, v) in &self.params {
@@ -52,7 +58,7 @@ impl FpRecord {
         }
         put("seed", &self.seed.to_le_bytes());
         for (port, artifact) in &self.inputs {
-            if Some(port.as_str()) == skip_port {
+            if skip_ports.is_some_and(|skip| skip.contains(&port.as_str())) {
                 continue;
             }
             put("input", port.as_bytes());
@@ -119,5 +125,9 @@ mod tests {
         let mut k = record();
         k.inputs.insert("tokenizer".into(), "dd.tokenizer".into());
         assert_ne!(k.memo_key("table"), r.memo_key("table"));
+        // Several row ports: both left out; one port gives the single-port key.
+        assert_eq!(r.memo_key_without(&["table"]), r.memo_key("table"));
+        assert_eq!(t.memo_key_without(&["table", "tokenizer"]), k.memo_key_without(&["table", "tokenizer"]));
+        assert_ne!(k.memo_key_without(&["table"]), r.memo_key_without(&["table"]));
     }
 }

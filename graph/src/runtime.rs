@@ -76,8 +76,8 @@ pub struct StageReport {
     pub round: u32,
     pub fingerprint: String,
     pub status: Status,
-    /// Row counts for row-wise stages that ran; None otherwise (and for cached instances of
-    /// row-wise stages the manifest-recorded counts are not repeated: all rows were reused).
+    /// Row counts of row-wise stages; None for other stages. A cached row-wise instance
+    /// reports the row total recorded in its manifest, all of it reused.
     pub rows: Option<RowStats>,
     pub seconds: f64,
     pub error: Option<String>,
@@ -222,8 +222,10 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                             },
                             None if !frontier.frontier().is_empty() => None,
                             None if upstream_failed => Some(ctx.report(idx, Status::Skipped, None, 0.0, Some("an upstream stage failed".into()))),
-                            None if ctx.store.manifest(&ctx.plan.instances[idx].fingerprint).is_some() => {
-                                Some(ctx.report(idx, Status::Cached, None, 0.0, None))
+                            None if let Some(m) = ctx.store.manifest(&ctx.plan.instances[idx].fingerprint) => {
+                                // A cached row-wise instance reused all its rows.
+                                let rows = m.rows.map(|total| RowStats { total, computed: 0, reused: total });
+                                Some(ctx.report(idx, Status::Cached, rows, 0.0, None))
                             }
                             None => {
                                 let want = pool.borrow().clamp(ctx.resources(idx));
@@ -357,7 +359,11 @@ impl JobCtx {
             .map(|(port, src)| (port.clone(), self.store.output_dir(&self.plan.instances[src.instance].fingerprint, &src.output)))
             .collect();
         let out_dirs: BTreeMap<String, PathBuf> = names.iter().map(|n| (n.to_string(), staging.dir.join(n))).collect();
-        let memo_key = kind.row_port().map(|p| inst.record.memo_key(p));
+        let memo_key = kind.row_port().map(|p| {
+            let mut ports = vec![p];
+            ports.extend_from_slice(kind.extra_row_ports());
+            inst.record.memo_key_without(&ports)
+        });
         let (progress, name) = (self.progress.clone(), inst.name.clone());
         let row_progress: crate::rows::RowProgress = Arc::new(move |done, total| progress.rows(&name, done, total));
         let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress));
@@ -374,7 +380,7 @@ impl JobCtx {
             }
         }
         let types = outputs.iter().map(|p| (p.name.to_string(), p.ty.name().to_string())).collect();
-        self.store.commit(staging, &inst.name, &decl.kind, types).map_err(|e| StageError::wrap("committing outputs", e))?;
+        self.store.commit(staging, &inst.name, &decl.kind, types, rows.map(|r| r.total)).map_err(|e| StageError::wrap("committing outputs", e))?;
         self.store.remove_scratch(&inst.fingerprint);
         Ok(rows)
     }

@@ -244,6 +244,12 @@ pub trait Stage: Send + Sync + 'static {
     fn row_port(&self) -> Option<&'static str> {
         None
     }
+    /// Further inputs whose rows a row-wise stage also maps (each row keyed and hashed by its
+    /// content, e.g. an eval stage's second prompt table). Like the row port, they are left out
+    /// of the memo key, so editing one of their rows recomputes only that row.
+    fn extra_row_ports(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// A content hash of files outside the store that the stage reads (a source's data file).
     /// Called when planning and running, never when only checking.
     fn external_fingerprint(&self, _params: &Params, _base_dir: &Path) -> Result<Option<[u8; 32]>, StageError> {

@@ -61,6 +61,10 @@ pub struct Manifest {
     /// Output name -> artifact type name.
     pub outputs: BTreeMap<String, String>,
     pub files: Vec<FileEntry>,
+    /// Rows of a row-wise stage's run (so a cached instance can report them); absent for
+    /// other stages and in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 /// What `plan` and `show` need from the last run of a pipeline.
@@ -252,7 +256,7 @@ impl Store {
 
     /// Seals a staging directory: fsyncs its files, writes the manifest last, and renames the
     /// directory to `artifacts/<fingerprint>`, replacing any untrusted leftover there.
-    pub fn commit(&self, staging: Staging, instance: &str, kind: &str, outputs: BTreeMap<String, String>) -> Result<Manifest, StoreError> {
+    pub fn commit(&self, staging: Staging, instance: &str, kind: &str, outputs: BTreeMap<String, String>, rows: Option<u64>) -> Result<Manifest, StoreError> {
         let mut files = Vec::new();
         for rel in list_files(&staging.dir)? {
             let p = staging.dir.join(&rel);
@@ -260,7 +264,7 @@ impl Store {
             let (bytes, blake3) = hash_file(&p)?;
             files.push(FileEntry { path: rel, bytes, blake3 });
         }
-        let manifest = Manifest { fingerprint: staging.fingerprint.clone(), instance: instance.into(), kind: kind.into(), outputs, files };
+        let manifest = Manifest { fingerprint: staging.fingerprint.clone(), instance: instance.into(), kind: kind.into(), outputs, files, rows };
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         write_atomic(&staging.dir.join("MANIFEST.json"), &text)?;
         let target = self.artifact_dir(&staging.fingerprint);
@@ -414,7 +418,7 @@ mod tests {
         // Not committed: the staging dir is not an artifact.
         assert!(s.manifest("fp1").is_none());
         let outputs = [("out".to_string(), "table".to_string())].into();
-        s.commit(st, "x", "k", outputs).unwrap();
+        s.commit(st, "x", "k", outputs, None).unwrap();
         assert!(s.manifest("fp1").is_some());
         assert!(s.verify("fp1").unwrap());
         // A truncated file makes the artifact untrusted again.

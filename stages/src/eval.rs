@@ -75,6 +75,9 @@ impl Stage for Eval {
     fn row_port(&self) -> Option<&'static str> {
         Some("prompts")
     }
+    fn extra_row_ports(&self) -> &'static [&'static str] {
+        &["borderline"]
+    }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
         let md = ModelDir::load(ctx.input("model")?).map_err(|e| StageError::wrap("loading input `model`", e))?;
         let stop = md.stop_ids();

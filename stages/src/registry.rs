@@ -42,6 +42,10 @@ mod tests {
             if let Some(p) = s.row_port() {
                 assert!(s.inputs().iter().any(|i| i.name == p), "{}: row port {p} is not an input", s.kind());
             }
+            for p in s.extra_row_ports() {
+                assert!(s.row_port().is_some(), "{}: extra row ports without a row port", s.kind());
+                assert!(s.inputs().iter().any(|i| i.name == *p), "{}: row port {p} is not an input", s.kind());
+            }
         }
     }
 }
