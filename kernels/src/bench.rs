@@ -38,6 +38,9 @@ pub fn train_preset(name: &str) -> Option<TrainPreset> {
     match name {
         "mini" => Some(TrainPreset { name: "mini", config: shape(1024, 128, 4, 4, 2, 344, 128, false), seq_len: 128, batch: 16 }),
         "small" => Some(TrainPreset { name: "small", config: shape(4096, 256, 6, 8, 4, 688, 256, false), seq_len: 256, batch: 8 }),
+        // About 1.1B parameters (TinyLlama's shape: dim 2048, 22 layers, 32/4 heads, ffn 5632,
+        // vocab 32000), T 1024, batch 16: the GPU benchmark of the CUDA issue.
+        "1b" => Some(TrainPreset { name: "1b", config: shape(32000, 2048, 22, 32, 4, 5632, 2048, false), seq_len: 1024, batch: 16 }),
         _ => None,
     }
 }
@@ -47,7 +50,7 @@ pub fn train_preset(name: &str) -> Option<TrainPreset> {
 pub fn decode_shape(name: &str) -> Option<LlamaConfig> {
     match name {
         "smollm2-135m" => Some(shape(49152, 576, 30, 9, 3, 1536, 8192, true)),
-        "mini" | "small" => train_preset(name).map(|p| p.config),
+        "mini" | "small" | "1b" => train_preset(name).map(|p| p.config),
         _ => None,
     }
 }

@@ -15,6 +15,7 @@
 //! machines without CUDA; [`probe`] checks them without panicking (cudarc's `CudaContext::new`
 //! panics when libcuda is missing).
 
+pub mod bench;
 pub mod decode;
 pub mod model;
 pub mod ops;
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex};
 /// Errors from the CUDA backend.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
-    #[error("no usable CUDA device: {0}")]
+    #[error("{0}")]
     Unavailable(String),
     #[error("CUDA driver error in {op}: {message}")]
     Driver { op: String, message: String },
@@ -198,6 +199,19 @@ impl Gpu {
         // SAFETY: nothing else uses this context's events yet.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        // Keep freed memory in the stream-ordered pool instead of returning it to the driver
+        // at every synchronisation: training steps free and re-allocate the same sizes.
+        // SAFETY: the device handle comes from the live context; the value outlives the call.
+        unsafe {
+            if let Ok(pool) = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device()) {
+                let mut threshold = u64::MAX;
+                let _ = cudarc::driver::result::mem_pool::set_attribute(
+                    pool,
+                    cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut threshold as *mut u64 as *mut std::ffi::c_void,
+                );
+            }
+        }
         let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
         if major < 8 {
             return Err(CudaError::Unavailable(format!("compute capability {major}.{minor}: the bf16 tensor-core kernels need 8.0 (Ampere) or newer")));

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The GPU check of the CUDA backend, one command on a machine with an NVIDIA GPU:
+#   bash scripts/gpu_check.sh [OUT_DIR]
+# 1. builds `alignflow` and the parity tests with `--features cuda` (or takes prebuilt ones
+#    from $ALIGNFLOW_PREBUILT: `alignflow` and `cuda_parity`, optionally gzipped),
+# 2. runs every CUDA parity test against the CPU reference,
+# 3. times an SFT/pretraining step of a ~1.1B-parameter Llama in bf16 (tokens/s, TFLOP/s, MFU),
+#    the same step in PyTorch eager on the same card where PyTorch is installed, and batched
+#    decoding,
+# 4. writes everything to OUT_DIR (default gpu-results/) and prints a summary table.
+# Needs the CUDA 13 driver; NVRTC and cuBLAS come from the CUDA toolkit or the pip wheels
+# nvidia-cuda-nvrtc / nvidia-cublas (found automatically). Under 8 minutes on an H100.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-gpu-results}
+mkdir -p "$OUT"
+STEPS=${GPU_CHECK_STEPS:-6}
+log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
+
+# --- CUDA libraries ----------------------------------------------------------------------
+libdirs=()
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 /usr/lib/x86_64-linux-gnu; do
+  [ -e "$d/libnvrtc.so.13" ] || [ -e "$d/libcublas.so.13" ] && libdirs+=("$d")
+done
+if command -v python3 >/dev/null; then
+  py=$(python3 - <<'PY' 2>/dev/null
+import os, glob
+try:
+    import nvidia
+    for p in nvidia.__path__:
+        for d in glob.glob(os.path.join(p, "*", "lib")) + glob.glob(os.path.join(p, "cu13", "lib")):
+            if glob.glob(os.path.join(d, "libnvrtc.so*")) or glob.glob(os.path.join(d, "libcublas.so*")):
+                print(d)
+except Exception:
+    pass
+PY
+)
+  for d in $py; do libdirs+=("$d"); done
+fi
+for d in "${libdirs[@]}"; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+export LD_LIBRARY_PATH
+log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
+
+# --- binaries ----------------------------------------------------------------------------
+BIN=$OUT/bin
+mkdir -p "$BIN"
+if [ -n "${ALIGNFLOW_PREBUILT:-}" ]; then
+  for f in alignflow cuda_parity; do
+    if [ -e "$ALIGNFLOW_PREBUILT/$f.gz" ]; then gzip -dc "$ALIGNFLOW_PREBUILT/$f.gz" > "$BIN/$f"; else cp "$ALIGNFLOW_PREBUILT/$f" "$BIN/$f"; fi
+    chmod +x "$BIN/$f"
+  done
+else
+  log "building with --features cuda"
+  cargo build --release --features cuda 2>&1 | tail -3
+  cp target/release/alignflow "$BIN/"
+  t=$(cargo test --release -p kernels --features cuda --test cuda_parity --no-run --message-format=json 2>/dev/null \
+      | python3 -c 'import sys,json
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except Exception: continue
+    if m.get("profile",{}).get("test") and m.get("executable"): print(m["executable"])' | tail -1)
+  cp "$t" "$BIN/cuda_parity"
+fi
+export ALIGNFLOW_CUDA_CACHE=$OUT/kernel-cache
+
+# --- 1. parity ---------------------------------------------------------------------------
+log "parity tests"
+timeout ${GPU_CHECK_PARITY_TIMEOUT:-150} "$BIN/cuda_parity" --test-threads 1 --nocapture > "$OUT/parity.log" 2>&1
+parity_rc=$?
+grep -E "^test |relative error|SKIPPED|panicked|test result" "$OUT/parity.log" | tail -120
+log "parity exit code $parity_rc"
+
+# --- 2. training step: alignflow, then PyTorch ---------------------------------------------
+log "alignflow bench train --preset 1b"
+timeout 150 "$BIN/alignflow" bench train --device cuda --preset 1b --steps "$STEPS" --warmup 2 --micro-batch "${GPU_CHECK_MICRO:-8}" --json \
+  > "$OUT/train_alignflow.json" 2> "$OUT/train_alignflow.err"; echo "rc $?"; cat "$OUT/train_alignflow.json"; tail -3 "$OUT/train_alignflow.err"
+if python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+  log "PyTorch eager peer"
+  timeout 150 python3 scripts/peers/bench_torch_train.py --preset 1b --device cuda --steps "$STEPS" --warmup 2 --micro-batch "${GPU_CHECK_MICRO:-8}" \
+    > "$OUT/train_torch.json" 2> "$OUT/train_torch.err"; echo "rc $?"; cat "$OUT/train_torch.json"; tail -3 "$OUT/train_torch.err"
+else
+  log "PyTorch with CUDA not installed: no peer measurement"
+fi
+
+# --- 3. decoding ---------------------------------------------------------------------------
+for b in 1 64; do
+  log "alignflow bench generate batch $b"
+  timeout 80 "$BIN/alignflow" bench generate --device cuda --model random:1b --batch $b --prompt-len 16 --new-tokens 128 --json \
+    > "$OUT/generate_b$b.json" 2> "$OUT/generate_b$b.err"; echo "rc $?"; cat "$OUT/generate_b$b.json"; tail -3 "$OUT/generate_b$b.err"
+done
+
+# --- summary -------------------------------------------------------------------------------
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def load(n):
+    try: return json.load(open(os.path.join(out, n)))
+    except Exception: return None
+a, t = load("train_alignflow.json"), load("train_torch.json")
+print("\n=== summary ===")
+if a: print(f"alignflow 1b train: {a['tokens_per_s']:.0f} tok/s, {a['tflops']:.0f} TFLOP/s, MFU {100*(a.get('mfu') or 0):.1f}%, {100*a['share_of_gemm_peak']:.0f}% of measured {a['gemm_peak_tflops']:.0f} TFLOP/s product peak, {a['peak_memory_gb']:.1f} GB")
+if t: print(f"pytorch  1b train: {t['tokens_per_s']:.0f} tok/s ({t.get('attn','')}, torch {t.get('torch','')})")
+if a and t: print(f"alignflow / pytorch: {a['tokens_per_s']/t['tokens_per_s']:.2f}x")
+for b in (1, 64):
+    g = load(f"generate_b{b}.json")
+    if g: print(f"decode batch {b}: {g['tokens_per_s']:.0f} tok/s = {100*g['share_of_bound']:.0f}% of the {g['bandwidth_bound_tokens_per_s']:.0f} tok/s bandwidth bound")
+PY
+exit $parity_rc
