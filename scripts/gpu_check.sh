@@ -43,8 +43,7 @@ log "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 
 # --- binaries ----------------------------------------------------------------------------
-BIN=$OUT/bin
-mkdir -p "$BIN"
+BIN=$(mktemp -d)
 if [ -n "${ALIGNFLOW_PREBUILT:-}" ]; then
   for f in alignflow cuda_parity; do
     if [ -e "$ALIGNFLOW_PREBUILT/$f.gz" ]; then gzip -dc "$ALIGNFLOW_PREBUILT/$f.gz" > "$BIN/$f"; else cp "$ALIGNFLOW_PREBUILT/$f" "$BIN/$f"; fi
@@ -62,7 +61,7 @@ for l in sys.stdin:
     if m.get("profile",{}).get("test") and m.get("executable"): print(m["executable"])' | tail -1)
   cp "$t" "$BIN/cuda_parity"
 fi
-export ALIGNFLOW_CUDA_CACHE=$OUT/kernel-cache
+export ALIGNFLOW_CUDA_CACHE=${ALIGNFLOW_CUDA_CACHE:-$BIN/kernel-cache}
 
 # --- 1. parity ---------------------------------------------------------------------------
 log "parity tests"
