@@ -34,6 +34,8 @@ pub struct GpuTrainReport {
     pub final_loss: f32,
     pub peak_memory_gb: f64,
     pub attention: String,
+    /// Milliseconds per step by op when `ALIGNFLOW_CUDA_PROFILE=1` (each op synchronised).
+    pub profile_ms_per_step: Vec<(String, f64, u64)>,
 }
 
 /// The card's bf16 dense tensor-core peak in TFLOP/s, where its name says which card it is.
@@ -93,6 +95,18 @@ pub fn bench_train(gpu: &Arc<Gpu>, config: &LlamaConfig, seq_len: usize, batch: 
     gpu.sync()?;
     let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
     let (free, total) = gpu.memory()?;
+    let mut profile_ms_per_step = vec![];
+    if std::env::var_os("ALIGNFLOW_CUDA_PROFILE").is_some_and(|v| v != "0") {
+        // A separate profiled step, so the timing above stays unsynchronised.
+        gpu.set_profiling(true);
+        gpu.profile(true);
+        let t = Instant::now();
+        lm_train_step(&mut model, &mut opt, &micro, 1e-4, Some(1.0))?;
+        let total = t.elapsed().as_secs_f64();
+        gpu.set_profiling(false);
+        profile_ms_per_step = gpu.profile(true).into_iter().map(|(k, s, n)| (k.to_string(), 1e3 * s, n)).collect();
+        profile_ms_per_step.push(("(whole profiled step)".into(), 1e3 * total, 1));
+    }
     let tokens = (batch * seq_len) as f64;
     let tflops = tokens * train_flops_per_token(config, seq_len) / dt / 1e12;
     let peak = gemm_peak_tflops(gpu, 8192)?;
@@ -114,6 +128,7 @@ pub fn bench_train(gpu: &Arc<Gpu>, config: &LlamaConfig, seq_len: usize, batch: 
         final_loss: loss,
         peak_memory_gb: (total - free) as f64 / 1e9,
         attention: format!("{:?}", model.attention),
+        profile_ms_per_step,
     })
 }
 

@@ -181,6 +181,10 @@ pub struct Gpu {
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     /// Seconds spent compiling (0 when the cache had the kernels).
     pub compile_seconds: f64,
+    /// Per-op wall time while profiling is on ([`Gpu::set_profiling`]): every op is then
+    /// followed by a synchronisation, so the numbers add up to a (slightly slower) step.
+    profiling: std::sync::atomic::AtomicBool,
+    profile: Mutex<HashMap<&'static str, (f64, u64)>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -226,7 +230,20 @@ impl Gpu {
         let compile_seconds = if cached { 0.0 } else { t0.elapsed().as_secs_f64() };
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(drv("cuModuleLoadData"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Blas { op: "cublasCreate".into(), message: format!("{e:?}") })?;
-        Ok(Arc::new(Gpu { ordinal, name, arch, sm_count, ctx, stream, blas, module, funcs: Mutex::new(HashMap::new()), compile_seconds }))
+        Ok(Arc::new(Gpu {
+            ordinal,
+            name,
+            arch,
+            sm_count,
+            ctx,
+            stream,
+            blas,
+            module,
+            funcs: Mutex::new(HashMap::new()),
+            compile_seconds,
+            profiling: false.into(),
+            profile: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn ordinal(&self) -> usize {
@@ -257,6 +274,40 @@ impl Gpu {
         self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
     }
 
+    /// Runs `f` (which queues device work) and, when profiling, waits for it and adds its time
+    /// to the op `name`.
+    pub(crate) fn timed<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaError> {
+        if !self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+            return f();
+        }
+        self.sync()?;
+        let t0 = std::time::Instant::now();
+        let r = f()?;
+        self.sync()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let mut m = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(name).or_insert((0.0, 0));
+        e.0 += dt;
+        e.1 += 1;
+        Ok(r)
+    }
+
+    /// Turns the per-op profile on or off (off by default: profiling synchronises every op).
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The profile so far (op, seconds, calls), longest first; `reset` clears it.
+    pub fn profile(&self, reset: bool) -> Vec<(&'static str, f64, u64)> {
+        let mut m = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, (s, n))| (*k, *s, *n)).collect();
+        if reset {
+            m.clear();
+        }
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
     pub(crate) fn func(&self, name: &'static str) -> Result<CudaFunction, CudaError> {
         let mut funcs = self.funcs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = funcs.get(name) {
@@ -271,7 +322,7 @@ impl Gpu {
 
     /// A zero-filled device buffer of `n` elements.
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
-        self.stream.alloc_zeros::<T>(n.max(1)).map_err(drv("cuMemAlloc"))
+        self.timed("alloc+memset", || self.stream.alloc_zeros::<T>(n.max(1)).map_err(drv("cuMemAlloc")))
     }
 
     /// A device copy of a host slice.
@@ -291,14 +342,14 @@ impl Gpu {
     pub fn copy<T>(&self, dst: u64, src: u64, n: usize) -> Result<(), CudaError> {
         let bytes = n * std::mem::size_of::<T>();
         // SAFETY: callers pass live device allocations of at least n elements.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoD"))
+        self.timed("copy", || unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoD")))
     }
 
     /// Fills `n` elements at a device address with zero bytes.
     pub fn memset_zero<T>(&self, dst: u64, n: usize) -> Result<(), CudaError> {
         let bytes = n * std::mem::size_of::<T>();
         // SAFETY: as for copy.
-        unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8"))
+        self.timed("memset", || unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8")))
     }
 
     /// Row-major `C (m×n) = op(A) · op(B) + beta · C` with bf16 A and B (op = transpose when
@@ -307,7 +358,7 @@ impl Gpu {
     /// column-major Cᵀ = op(B)ᵀ op(A)ᵀ, so the operands swap.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(&self, c: u64, c_f32: bool, a: u64, ta: bool, b: u64, tb: bool, m: usize, n: usize, k: usize, beta: f32) -> Result<(), CudaError> {
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
+        use cudarc::cublas::sys::{cublasOperation_t, cudaDataType_t};
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -316,32 +367,53 @@ impl Gpu {
         let ldb = if tb { k } else { n };
         let alpha = 1.0f32;
         let cty = if c_f32 { cudaDataType_t::CUDA_R_32F } else { cudaDataType_t::CUDA_R_16BF };
+        self.timed("gemm", || self.gemm_raw(op(tb), op(ta), n, m, k, alpha, b, ldb, a, lda, beta, c, cty))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_raw(
+        &self,
+        opa: cudarc::cublas::sys::cublasOperation_t,
+        opb: cudarc::cublas::sys::cublasOperation_t,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        c: u64,
+        cty: cudarc::cublas::sys::cudaDataType_t,
+    ) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
         // SAFETY: callers pass device buffers of the stated shapes; the scalars live on the stack
         // for the duration of the (host-side synchronous) call.
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *self.blas.handle(),
-                op(tb),
-                op(ta),
-                n as i32,
+                opa,
+                opb,
                 m as i32,
+                n as i32,
                 k as i32,
                 &alpha as *const f32 as *const _,
-                b as *const _,
-                cudaDataType_t::CUDA_R_16BF,
-                ldb as i32,
                 a as *const _,
                 cudaDataType_t::CUDA_R_16BF,
                 lda as i32,
+                b as *const _,
+                cudaDataType_t::CUDA_R_16BF,
+                ldb as i32,
                 &beta as *const f32 as *const _,
                 c as *mut _,
                 cty,
-                n as i32,
+                m as i32,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| CudaError::Blas { op: format!("gemm {m}x{n}x{k}"), message: format!("{e:?}") })
+        .map_err(|e| CudaError::Blas { op: format!("gemm (column-major) {m}x{n}x{k}"), message: format!("{e:?}") })
     }
 
     /// A grid for grid-stride loops over `n` elements.
@@ -363,10 +435,13 @@ macro_rules! launch {
     ($gpu:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         use cudarc::driver::PushKernelArg as _;
         let f = $gpu.func($name)?;
-        let mut b = $gpu.stream.launch_builder(&f);
-        $( let a = $arg; b.arg(&a); )*
-        // SAFETY: the argument list matches the kernel's signature in kernels/cuda/.
-        unsafe { b.launch($cfg) }.map_err($crate::cuda::drv($name))?;
+        $gpu.timed($name, || {
+            let mut b = $gpu.stream.launch_builder(&f);
+            $( let a = $arg; b.arg(&a); )*
+            // SAFETY: the argument list matches the kernel's signature in kernels/cuda/.
+            unsafe { b.launch($cfg) }.map_err($crate::cuda::drv($name))?;
+            Ok(())
+        })?;
     }};
 }
 pub(crate) use launch;
