@@ -8,6 +8,9 @@
 #    the same step in PyTorch eager on the same card where PyTorch is installed, and batched
 #    decoding,
 # 4. writes everything to OUT_DIR (default gpu-results/) and prints a summary table.
+# Knobs: GPU_CHECK_STEPS (6), GPU_CHECK_MICRO (rows per micro-batch, 8), GPU_CHECK_TORCH=0 (no
+# PyTorch peer), GPU_CHECK_DECODE_BATCHES ("1 64"; empty for none), ALIGNFLOW_CUDA_PROFILE=1
+# (a per-op breakdown of one extra, synchronised step in the train JSON).
 # Needs the CUDA 13 driver; NVRTC and cuBLAS come from the CUDA toolkit or the pip wheels
 # nvidia-cuda-nvrtc / nvidia-cublas (found automatically). Under 8 minutes on an H100.
 set -uo pipefail
@@ -74,7 +77,9 @@ log "parity exit code $parity_rc"
 log "alignflow bench train --preset 1b"
 timeout 150 "$BIN/alignflow" bench train --device cuda --preset 1b --steps "$STEPS" --warmup 2 --micro-batch "${GPU_CHECK_MICRO:-8}" --json \
   > "$OUT/train_alignflow.json" 2> "$OUT/train_alignflow.err"; echo "rc $?"; cat "$OUT/train_alignflow.json"; tail -3 "$OUT/train_alignflow.err"
-if python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+if [ "${GPU_CHECK_TORCH:-1}" = 0 ]; then
+  log "PyTorch peer skipped (GPU_CHECK_TORCH=0)"
+elif python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
   log "PyTorch eager peer"
   timeout 150 python3 scripts/peers/bench_torch_train.py --preset 1b --device cuda --steps "$STEPS" --warmup 2 --micro-batch "${GPU_CHECK_MICRO:-8}" \
     > "$OUT/train_torch.json" 2> "$OUT/train_torch.err"; echo "rc $?"; cat "$OUT/train_torch.json"; tail -3 "$OUT/train_torch.err"
@@ -83,7 +88,7 @@ else
 fi
 
 # --- 3. decoding ---------------------------------------------------------------------------
-for b in 1 64; do
+for b in ${GPU_CHECK_DECODE_BATCHES-1 64}; do
   log "alignflow bench generate batch $b"
   timeout 80 "$BIN/alignflow" bench generate --device cuda --model random:1b --batch $b --prompt-len 16 --new-tokens 128 --json \
     > "$OUT/generate_b$b.json" 2> "$OUT/generate_b$b.err"; echo "rc $?"; cat "$OUT/generate_b$b.json"; tail -3 "$OUT/generate_b$b.err"
