@@ -198,18 +198,19 @@ impl RowFn for Answer {
         let ids: Vec<Vec<u32>> = tasks.iter().map(|t| self.encode(t)).collect::<Result<_, _>>()?;
         let dw = DecodeWeights::new(&self.model, WeightPrecision::F32);
         let s = &self.settings;
-        let run_gen = |temperature: f32, top_p: f32, row_ids: &[u64]| {
+        let run_gen = |prompts: &[Vec<u32>], temperature: f32, top_p: f32, row_ids: &[u64]| {
             let params = SamplingParams { max_new_tokens: s.max_new_tokens, temperature, top_p, seed: GENERATION_SEED };
-            generate_with(&dw, &ids, row_ids, &params, &self.stop).map_err(|e| StageError::wrap("generating", e))
+            generate_with(&dw, prompts, row_ids, &params, &self.stop).map_err(|e| StageError::wrap("generating", e))
         };
         let seeds: Vec<u64> = tasks.iter().map(|t| t.seed).collect();
-        let greedy = run_gen(0.0, 1.0, &seeds)?;
-        let mut sampled: Vec<Vec<Vec<u32>>> = Vec::with_capacity(s.samples);
-        for j in 0..s.samples {
-            // Sample j of a row draws from its own stream: (row seed, j) mixed by blake3.
-            let row_ids: Vec<u64> = seeds.iter().map(|&seed| sample_stream(seed, j)).collect();
-            sampled.push(run_gen(s.temperature, s.top_p, &row_ids)?);
-        }
+        let greedy = run_gen(&ids, 0.0, 1.0, &seeds)?;
+        // Every sample of every row in one batched generation (rows decode independently, so
+        // the batch does not change an answer): sample j of a row draws from its own stream,
+        // (row seed, j) mixed by blake3.
+        let all_prompts: Vec<Vec<u32>> = (0..s.samples).flat_map(|_| ids.iter().cloned()).collect();
+        let row_ids: Vec<u64> = (0..s.samples).flat_map(|j| seeds.iter().map(move |&seed| sample_stream(seed, j))).collect();
+        let all = if s.samples > 0 { run_gen(&all_prompts, s.temperature, s.top_p, &row_ids)? } else { Vec::new() };
+        let sampled: Vec<&[Vec<u32>]> = all.chunks(ids.len().max(1)).collect();
         tasks
             .iter()
             .enumerate()
