@@ -155,7 +155,7 @@ __device__ void load_tile(bf16* dst, const bf16* src, int stride, int col, int t
     }
 }
 
-template <int HD>
+template <int HD, bool LDSM>
 __device__ void attn_fwd_mma(bf16* out, float* lse, const bf16* qkv, const int* tile_row, const int* tile_tok,
                              const int* tile_len, int n, int hq, int hkv, float scale) {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -195,8 +195,9 @@ __device__ void attn_fwd_mma(bf16* out, float* lse, const bf16* qkv, const int* 
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk) {
-                const bf16* kp = Ks + (nt * 8 + g) * (HD + PAD) + kk * 16 + 2 * tq;
-                mma16816(s[nt], qa[kk], ld2(kp), ld2(kp + 8));
+                u32 b0, b1;
+                frag_b_nk<LDSM>(b0, b1, Ks, HD + PAD, nt * 8, kk * 16);
+                mma16816(s[nt], qa[kk], b0, b1);
             }
         }
         float mx[2] = {NEG_INF, NEG_INF};
@@ -238,8 +239,9 @@ __device__ void attn_fwd_mma(bf16* out, float* lse, const bf16* qkv, const int* 
                          pack_bf2(s[2 * kb + 1][0], s[2 * kb + 1][1]), pack_bf2(s[2 * kb + 1][2], s[2 * kb + 1][3])};
 #pragma unroll
             for (int dn = 0; dn < HD / 8; ++dn) {
-                const bf16* vp = Vs + (kb * 16 + 2 * tq) * (HD + PAD) + dn * 8 + g;
-                mma16816(o[dn], pa, ld2s(vp, HD + PAD), ld2s(vp + 8 * (HD + PAD), HD + PAD));
+                u32 b0, b1;
+                frag_b_kn<LDSM>(b0, b1, Vs, HD + PAD, kb * 16, dn * 8);
+                mma16816(o[dn], pa, b0, b1);
             }
         }
     }
@@ -261,7 +263,7 @@ __device__ void attn_fwd_mma(bf16* out, float* lse, const bf16* qkv, const int* 
 }
 
 // dK, dV of one 64-key tile and kv head, over the group's q heads and every later query.
-template <int HD>
+template <int HD, bool LDSM>
 __device__ void attn_bwd_dkdv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
                                   const int* tile_row, const int* tile_tok, const int* tile_len, int n, int hq, int hkv,
                                   float scale) {
@@ -300,19 +302,22 @@ __device__ void attn_bwd_dkdv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv,
             // Sᵀ (16 keys x 64 queries) and dPᵀ = V dOᵀ.
             float st[8][4], dp[8][4];
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
+            for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) st[nt][e] = dp[nt][e] = 0.f;
 #pragma unroll
-                for (int kk = 0; kk < HD / 16; ++kk) {
-                    const bf16* ka = Kw + g * (HD + PAD) + kk * 16 + 2 * tq;
-                    u32 a[4] = {ld2(ka), ld2(ka + 8 * (HD + PAD)), ld2(ka + 8), ld2(ka + 8 * (HD + PAD) + 8)};
-                    const bf16* qb = Qs + (nt * 8 + g) * (HD + PAD) + kk * 16 + 2 * tq;
-                    mma16816(st[nt], a, ld2(qb), ld2(qb + 8));
-                    const bf16* va = Vw + g * (HD + PAD) + kk * 16 + 2 * tq;
-                    u32 b[4] = {ld2(va), ld2(va + 8 * (HD + PAD)), ld2(va + 8), ld2(va + 8 * (HD + PAD) + 8)};
-                    const bf16* ob = Os + (nt * 8 + g) * (HD + PAD) + kk * 16 + 2 * tq;
-                    mma16816(dp[nt], b, ld2(ob), ld2(ob + 8));
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                // This warp's 16 keys of K and V as A operands, loaded once per k-step.
+                u32 ka[4], va[4];
+                frag_a<LDSM>(ka, Kw, HD + PAD, 0, kk * 16);
+                frag_a<LDSM>(va, Vw, HD + PAD, 0, kk * 16);
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    u32 b0, b1;
+                    frag_b_nk<LDSM>(b0, b1, Qs, HD + PAD, nt * 8, kk * 16);
+                    mma16816(st[nt], ka, b0, b1);
+                    frag_b_nk<LDSM>(b0, b1, Os, HD + PAD, nt * 8, kk * 16);
+                    mma16816(dp[nt], va, b0, b1);
                 }
             }
             // Pᵀ and dSᵀ = Pᵀ ∘ (dPᵀ − D).
@@ -335,10 +340,11 @@ __device__ void attn_bwd_dkdv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv,
                              pack_bf2(dp[2 * kb + 1][0], dp[2 * kb + 1][1]), pack_bf2(dp[2 * kb + 1][2], dp[2 * kb + 1][3])};
 #pragma unroll
                 for (int dn = 0; dn < HD / 8; ++dn) {
-                    const bf16* ob = Os + (kb * 16 + 2 * tq) * (HD + PAD) + dn * 8 + g;
-                    mma16816(dv[dn], pa, ld2s(ob, HD + PAD), ld2s(ob + 8 * (HD + PAD), HD + PAD));
-                    const bf16* qb = Qs + (kb * 16 + 2 * tq) * (HD + PAD) + dn * 8 + g;
-                    mma16816(dk[dn], sa, ld2s(qb, HD + PAD), ld2s(qb + 8 * (HD + PAD), HD + PAD));
+                    u32 b0, b1;
+                    frag_b_kn<LDSM>(b0, b1, Os, HD + PAD, kb * 16, dn * 8);
+                    mma16816(dv[dn], pa, b0, b1);
+                    frag_b_kn<LDSM>(b0, b1, Qs, HD + PAD, kb * 16, dn * 8);
+                    mma16816(dk[dn], sa, b0, b1);
                 }
             }
         }
@@ -357,7 +363,7 @@ __device__ void attn_bwd_dkdv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv,
 }
 
 // dQ of one 64-query tile and q head, over the key tiles up to the diagonal.
-template <int HD>
+template <int HD, bool LDSM>
 __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
                                 const int* tile_row, const int* tile_tok, const int* tile_len, int n, int hq, int hkv,
                                 float scale) {
@@ -406,10 +412,11 @@ __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, c
             for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk) {
-                const bf16* kp = Ks + (nt * 8 + g) * (HD + PAD) + kk * 16 + 2 * tq;
-                mma16816(s[nt], qa[kk], ld2(kp), ld2(kp + 8));
-                const bf16* vp = Vs + (nt * 8 + g) * (HD + PAD) + kk * 16 + 2 * tq;
-                mma16816(dp[nt], oa[kk], ld2(vp), ld2(vp + 8));
+                u32 b0, b1;
+                frag_b_nk<LDSM>(b0, b1, Ks, HD + PAD, nt * 8, kk * 16);
+                mma16816(s[nt], qa[kk], b0, b1);
+                frag_b_nk<LDSM>(b0, b1, Vs, HD + PAD, nt * 8, kk * 16);
+                mma16816(dp[nt], oa[kk], b0, b1);
             }
         }
 #pragma unroll
@@ -426,8 +433,9 @@ __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, c
                          pack_bf2(s[2 * kb + 1][0], s[2 * kb + 1][1]), pack_bf2(s[2 * kb + 1][2], s[2 * kb + 1][3])};
 #pragma unroll
             for (int dn = 0; dn < HD / 8; ++dn) {
-                const bf16* kp = Ks + (kb * 16 + 2 * tq) * (HD + PAD) + dn * 8 + g;
-                mma16816(dq[dn], sa, ld2s(kp, HD + PAD), ld2s(kp + 8 * (HD + PAD), HD + PAD));
+                u32 b0, b1;
+                frag_b_kn<LDSM>(b0, b1, Ks, HD + PAD, kb * 16, dn * 8);
+                mma16816(dq[dn], sa, b0, b1);
             }
         }
     }
@@ -441,23 +449,28 @@ __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, c
     }
 }
 
-#define ATTN_INSTANCES(HD)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) attn_fwd_mma_##HD(                                               \
+#define ATTN_INSTANCES(HD, LDSM_, SUFFIX)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) attn_fwd_##SUFFIX##_##HD(                                        \
         bf16* out, float* lse, const bf16* qkv, const int* tr, const int* tt, const int* tl, int n, int hq, int hkv,   \
         float scale) {                                                                                                  \
-        attn_fwd_mma<HD>(out, lse, qkv, tr, tt, tl, n, hq, hkv, scale);                                                 \
+        attn_fwd_mma<HD, LDSM_>(out, lse, qkv, tr, tt, tl, n, hq, hkv, scale);                                              \
     }                                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_mma_##HD(                                          \
+    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_##SUFFIX##_##HD(                                   \
         bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, const int* tr,             \
         const int* tt, const int* tl, int n, int hq, int hkv, float scale) {                                            \
-        attn_bwd_dkdv_mma<HD>(dqkv, dout, qkv, lse, dsum, tr, tt, tl, n, hq, hkv, scale);                               \
+        attn_bwd_dkdv_mma<HD, LDSM_>(dqkv, dout, qkv, lse, dsum, tr, tt, tl, n, hq, hkv, scale);                            \
     }                                                                                                                   \
-    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_mma_##HD(                                            \
+    extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_##SUFFIX##_##HD(                                     \
         bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, const int* tr,             \
         const int* tt, const int* tl, int n, int hq, int hkv, float scale) {                                            \
-        attn_bwd_dq_mma<HD>(dqkv, dout, qkv, lse, dsum, tr, tt, tl, n, hq, hkv, scale);                                 \
+        attn_bwd_dq_mma<HD, LDSM_>(dqkv, dout, qkv, lse, dsum, tr, tt, tl, n, hq, hkv, scale);                              \
     }
 
-ATTN_INSTANCES(32)
-ATTN_INSTANCES(64)
-ATTN_INSTANCES(128)
+// `mma`: fragments through ldmatrix; `mmaplain`: the same kernels with plain shared-memory
+// loads (the first version, kept to compare against).
+ATTN_INSTANCES(32, true, mma)
+ATTN_INSTANCES(64, true, mma)
+ATTN_INSTANCES(128, true, mma)
+ATTN_INSTANCES(32, false, mmaplain)
+ATTN_INSTANCES(64, false, mmaplain)
+ATTN_INSTANCES(128, false, mmaplain)

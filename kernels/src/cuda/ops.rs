@@ -131,11 +131,15 @@ impl Gpu {
                 launch!(self, "attn_fwd_simple", cfg((n as u32, hq as u32), 128, smem);
                     out, lse, qkv, super::dptr(&rows.row_start), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
-            _ => {
-                let name = match hd {
-                    32 => "attn_fwd_mma_32",
-                    64 => "attn_fwd_mma_64",
-                    _ => "attn_fwd_mma_128",
+            r => {
+                let plain = r == AttnImpl::MmaPlain;
+                let name = match (hd, plain) {
+                    (32, false) => "attn_fwd_mma_32",
+                    (64, false) => "attn_fwd_mma_64",
+                    (_, false) => "attn_fwd_mma_128",
+                    (32, true) => "attn_fwd_mmaplain_32",
+                    (64, true) => "attn_fwd_mmaplain_64",
+                    (_, true) => "attn_fwd_mmaplain_128",
                 };
                 launch!(self, name, cfg((rows.tiles as u32, hq as u32), 128, tile_smem(hd, 2));
                     out, lse, qkv, super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len),
@@ -160,11 +164,14 @@ impl Gpu {
                 launch!(self, "attn_bwd_dkdv_simple", cfg((n as u32, hkv as u32), hd.div_ceil(32) as u32 * 32, 0);
                     dqkv, dout, qkv, lse, dsum, super::dptr(&rows.row_end), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
-            _ => {
-                let (dkdv, dq) = match hd {
-                    32 => ("attn_bwd_dkdv_mma_32", "attn_bwd_dq_mma_32"),
-                    64 => ("attn_bwd_dkdv_mma_64", "attn_bwd_dq_mma_64"),
-                    _ => ("attn_bwd_dkdv_mma_128", "attn_bwd_dq_mma_128"),
+            r => {
+                let (dkdv, dq) = match (hd, r == AttnImpl::MmaPlain) {
+                    (32, false) => ("attn_bwd_dkdv_mma_32", "attn_bwd_dq_mma_32"),
+                    (64, false) => ("attn_bwd_dkdv_mma_64", "attn_bwd_dq_mma_64"),
+                    (_, false) => ("attn_bwd_dkdv_mma_128", "attn_bwd_dq_mma_128"),
+                    (32, true) => ("attn_bwd_dkdv_mmaplain_32", "attn_bwd_dq_mmaplain_32"),
+                    (64, true) => ("attn_bwd_dkdv_mmaplain_64", "attn_bwd_dq_mmaplain_64"),
+                    (_, true) => ("attn_bwd_dkdv_mmaplain_128", "attn_bwd_dq_mmaplain_128"),
                 };
                 let (tr, tt, tl) = (super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len));
                 launch!(self, dkdv, cfg((rows.tiles as u32, hkv as u32), 128, tile_smem(hd, 4) + 2 * 64 * 4);
@@ -224,15 +231,19 @@ pub enum AttnImpl {
     Auto,
     /// The simple SIMT kernels (the GPU reference).
     Simple,
+    /// The tensor-core kernels with plain shared-memory loads instead of ldmatrix (the first
+    /// version, kept for comparison); head sizes 32, 64, 128, else the simple ones.
+    MmaPlain,
     /// Resolved: the tensor-core kernels.
     Mma,
 }
 
 impl AttnImpl {
-    /// `ALIGNFLOW_CUDA_ATTENTION=simple` forces the simple kernels.
+    /// `ALIGNFLOW_CUDA_ATTENTION=simple` or `=mma-plain` picks those kernels.
     pub fn from_env() -> AttnImpl {
         match std::env::var("ALIGNFLOW_CUDA_ATTENTION").as_deref() {
             Ok("simple") => AttnImpl::Simple,
+            Ok("mma-plain") => AttnImpl::MmaPlain,
             _ => AttnImpl::Auto,
         }
     }
@@ -240,8 +251,9 @@ impl AttnImpl {
     fn resolve(self, hd: usize) -> AttnImpl {
         match self {
             AttnImpl::Simple => AttnImpl::Simple,
-            _ if matches!(hd, 32 | 64 | 128) => AttnImpl::Mma,
-            _ => AttnImpl::Simple,
+            _ if !matches!(hd, 32 | 64 | 128) => AttnImpl::Simple,
+            AttnImpl::MmaPlain => AttnImpl::MmaPlain,
+            _ => AttnImpl::Mma,
         }
     }
 }
