@@ -466,11 +466,12 @@ __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, c
         attn_bwd_dq_mma<HD, LDSM_>(dqkv, dout, qkv, lse, dsum, tr, tt, tl, n, hq, hkv, scale);                              \
     }
 
-// `mma`: fragments through ldmatrix; `mmaplain`: the same kernels with plain shared-memory
-// loads (the first version, kept to compare against).
-ATTN_INSTANCES(32, true, mma)
-ATTN_INSTANCES(64, true, mma)
-ATTN_INSTANCES(128, true, mma)
-ATTN_INSTANCES(32, false, mmaplain)
-ATTN_INSTANCES(64, false, mmaplain)
-ATTN_INSTANCES(128, false, mmaplain)
+// `mma`: fragments with plain 32/16-bit shared-memory loads (the default); `mmaldsm`: the same
+// kernels with ldmatrix, which on an H100 (2026-11-27, head size 64) raised the registers
+// (127 -> 230 in the forward) and ran 1.4x slower; kept for tuning (BENCHMARKS-cuda.md).
+ATTN_INSTANCES(32, false, mma)
+ATTN_INSTANCES(64, false, mma)
+ATTN_INSTANCES(128, false, mma)
+ATTN_INSTANCES(32, true, mmaldsm)
+ATTN_INSTANCES(64, true, mmaldsm)
+ATTN_INSTANCES(128, true, mmaldsm)

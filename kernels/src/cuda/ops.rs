@@ -132,14 +132,13 @@ impl Gpu {
                     out, lse, qkv, super::dptr(&rows.row_start), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
             r => {
-                let plain = r == AttnImpl::MmaPlain;
-                let name = match (hd, plain) {
+                let name = match (hd, r == AttnImpl::MmaLdmatrix) {
                     (32, false) => "attn_fwd_mma_32",
                     (64, false) => "attn_fwd_mma_64",
                     (_, false) => "attn_fwd_mma_128",
-                    (32, true) => "attn_fwd_mmaplain_32",
-                    (64, true) => "attn_fwd_mmaplain_64",
-                    (_, true) => "attn_fwd_mmaplain_128",
+                    (32, true) => "attn_fwd_mmaldsm_32",
+                    (64, true) => "attn_fwd_mmaldsm_64",
+                    (_, true) => "attn_fwd_mmaldsm_128",
                 };
                 launch!(self, name, cfg((rows.tiles as u32, hq as u32), 128, tile_smem(hd, 2));
                     out, lse, qkv, super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len),
@@ -165,13 +164,13 @@ impl Gpu {
                     dqkv, dout, qkv, lse, dsum, super::dptr(&rows.row_end), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
             r => {
-                let (dkdv, dq) = match (hd, r == AttnImpl::MmaPlain) {
+                let (dkdv, dq) = match (hd, r == AttnImpl::MmaLdmatrix) {
                     (32, false) => ("attn_bwd_dkdv_mma_32", "attn_bwd_dq_mma_32"),
                     (64, false) => ("attn_bwd_dkdv_mma_64", "attn_bwd_dq_mma_64"),
                     (_, false) => ("attn_bwd_dkdv_mma_128", "attn_bwd_dq_mma_128"),
-                    (32, true) => ("attn_bwd_dkdv_mmaplain_32", "attn_bwd_dq_mmaplain_32"),
-                    (64, true) => ("attn_bwd_dkdv_mmaplain_64", "attn_bwd_dq_mmaplain_64"),
-                    (_, true) => ("attn_bwd_dkdv_mmaplain_128", "attn_bwd_dq_mmaplain_128"),
+                    (32, true) => ("attn_bwd_dkdv_mmaldsm_32", "attn_bwd_dq_mmaldsm_32"),
+                    (64, true) => ("attn_bwd_dkdv_mmaldsm_64", "attn_bwd_dq_mmaldsm_64"),
+                    (_, true) => ("attn_bwd_dkdv_mmaldsm_128", "attn_bwd_dq_mmaldsm_128"),
                 };
                 let (tr, tt, tl) = (super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len));
                 launch!(self, dkdv, cfg((rows.tiles as u32, hkv as u32), 128, tile_smem(hd, 4) + 2 * 64 * 4);
@@ -231,19 +230,19 @@ pub enum AttnImpl {
     Auto,
     /// The simple SIMT kernels (the GPU reference).
     Simple,
-    /// The tensor-core kernels with plain shared-memory loads instead of ldmatrix (the first
-    /// version, kept for comparison); head sizes 32, 64, 128, else the simple ones.
-    MmaPlain,
-    /// Resolved: the tensor-core kernels.
+    /// The tensor-core kernels with their fragments loaded through ldmatrix (slower on an
+    /// H100 so far: more registers); head sizes 32, 64, 128, else the simple ones.
+    MmaLdmatrix,
+    /// Resolved: the tensor-core kernels (plain shared-memory loads).
     Mma,
 }
 
 impl AttnImpl {
-    /// `ALIGNFLOW_CUDA_ATTENTION=simple` or `=mma-plain` picks those kernels.
+    /// `ALIGNFLOW_CUDA_ATTENTION=simple` or `=mma-ldmatrix` picks those kernels.
     pub fn from_env() -> AttnImpl {
         match std::env::var("ALIGNFLOW_CUDA_ATTENTION").as_deref() {
             Ok("simple") => AttnImpl::Simple,
-            Ok("mma-plain") => AttnImpl::MmaPlain,
+            Ok("mma-ldmatrix") => AttnImpl::MmaLdmatrix,
             _ => AttnImpl::Auto,
         }
     }
@@ -252,7 +251,7 @@ impl AttnImpl {
         match self {
             AttnImpl::Simple => AttnImpl::Simple,
             _ if !matches!(hd, 32 | 64 | 128) => AttnImpl::Simple,
-            AttnImpl::MmaPlain => AttnImpl::MmaPlain,
+            AttnImpl::MmaLdmatrix => AttnImpl::MmaLdmatrix,
             _ => AttnImpl::Mma,
         }
     }
