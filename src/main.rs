@@ -35,7 +35,20 @@ enum Command {
     },
 }
 
+/// Keeps freed memory in the process instead of handing it back to the kernel: training steps
+/// allocate and free the same large activation buffers every step, and with glibc's defaults
+/// each of them came back as fresh pages (page faults and zeroing were ~8% of a step).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pipeline(c) => cli::pipeline::run(c),

@@ -9,7 +9,7 @@ use crate::config::{Head, LlamaConfig};
 use crate::generate::{DecodeWeights, KvCache, WeightPrecision, argmax, forward_cached};
 use crate::model::{Llama, ModelError};
 use crate::ops::matmul::{MmShape, Tr, matmul};
-use crate::optim::{AdamW, AdamWConfig, lm_train_step, mean_ce_micro_batches};
+use crate::optim::{AdamW, AdamWConfig, lm_train_step_sharded, mean_ce_micro_batches};
 use crate::rng::Rng;
 use rayon::prelude::*;
 use std::time::Instant;
@@ -98,7 +98,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// Runs `warmup + steps` training steps on random tokens and times the last `steps`.
-pub fn bench_train(preset: &TrainPreset, steps: usize, warmup: usize, threads: usize) -> Result<TrainReport, ModelError> {
+pub fn bench_train(preset: &TrainPreset, steps: usize, warmup: usize, threads: usize, shards: usize) -> Result<TrainReport, ModelError> {
     let pool = pool(threads)?;
     pool.install(|| {
         let mut model = Llama::new_random(preset.config.clone(), 0);
@@ -112,12 +112,12 @@ pub fn bench_train(preset: &TrainPreset, steps: usize, warmup: usize, threads: u
         let micro = mean_ce_micro_batches(&rows, &targets, preset.batch);
         let mut loss = 0.0;
         for _ in 0..warmup {
-            loss = lm_train_step(&mut model, &mut opt, &micro, 1e-3, Some(1.0))?.loss;
+            loss = lm_train_step_sharded(&mut model, &mut opt, &micro, 1e-3, Some(1.0), shards)?.loss;
         }
         let t0 = Instant::now();
         let c0 = process_cpu_seconds();
         for _ in 0..steps {
-            loss = lm_train_step(&mut model, &mut opt, &micro, 1e-3, Some(1.0))?.loss;
+            loss = lm_train_step_sharded(&mut model, &mut opt, &micro, 1e-3, Some(1.0), shards)?.loss;
         }
         let dt = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
         let cpu = c0.zip(process_cpu_seconds()).map(|(a, b)| (b - a) / steps.max(1) as f64);

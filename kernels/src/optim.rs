@@ -162,14 +162,33 @@ pub struct StepReport {
 /// A full language-model step: forward and backward of every micro-batch with the gradients
 /// summed in order, optional global-norm clipping, then one AdamW update at `lr`.
 pub fn lm_train_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], lr: f32, clip: Option<f32>) -> Result<StepReport, ModelError> {
+    lm_train_step_sharded(model, opt, micro, lr, clip, 1)
+}
+
+/// [`lm_train_step`] with each micro-batch's rows split into `shards` contiguous row shards
+/// whose forward and backward passes run concurrently (data parallelism inside the step), their
+/// losses and gradients added in shard order. On 2 cores this keeps both busy where one pass
+/// over small matrices cannot. The result depends on the shard count (a setting), never on the
+/// thread count; one shard is exactly [`lm_train_step`].
+pub fn lm_train_step_sharded(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], lr: f32, clip: Option<f32>, shards: usize) -> Result<StepReport, ModelError> {
     let mut total = Grads::zeros(model);
     let mut loss = 0.0f64;
     let mut tokens = 0;
     for mb in micro {
-        let (l, g) = model.weighted_nll_grads(&mb.rows, &mb.targets, &mb.weights)?;
-        loss += l as f64;
+        let per = mb.rows.len().div_ceil(shards.max(1)).max(1);
+        let ranges: Vec<(usize, usize)> = (0..mb.rows.len()).step_by(per).map(|a| (a, (a + per).min(mb.rows.len()))).collect();
+        let m: &Llama = model;
+        let parts: Vec<Result<(f32, Grads), ModelError>> = if ranges.len() == 1 {
+            vec![m.weighted_nll_grads(&mb.rows, &mb.targets, &mb.weights)]
+        } else {
+            ranges.par_iter().map(|&(a, b)| m.weighted_nll_grads(&mb.rows[a..b], &mb.targets[a..b], &mb.weights[a..b])).collect()
+        };
+        for part in parts {
+            let (l, g) = part?;
+            loss += l as f64;
+            total.add_assign(&g);
+        }
         tokens += mb.rows.iter().map(|r| r.len()).sum::<usize>();
-        total.add_assign(&g);
     }
     let grad_norm = match clip {
         Some(c) => clip_grad_norm(&mut total, c),

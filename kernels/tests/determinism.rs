@@ -6,7 +6,7 @@
 
 use kernels::config::{Head, LlamaConfig};
 use kernels::model::{Grads, Llama};
-use kernels::optim::{AdamW, AdamWConfig, lm_train_step, mean_ce_micro_batches};
+use kernels::optim::{AdamW, AdamWConfig, lm_train_step, lm_train_step_sharded, mean_ce_micro_batches};
 use kernels::rng::Rng;
 use kernels::schedule::Schedule;
 
@@ -39,6 +39,10 @@ fn data(seed: u64, rows: usize) -> (Vec<Vec<u32>>, Vec<Vec<i32>>) {
 }
 
 fn train(threads: usize, steps: u64) -> (Llama, Vec<f32>) {
+    train_sharded(threads, steps, 1)
+}
+
+fn train_sharded(threads: usize, steps: u64, shards: usize) -> (Llama, Vec<f32>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
         let mut model = Llama::new_random(config(Head::LanguageModel), 42);
@@ -48,7 +52,11 @@ fn train(threads: usize, steps: u64) -> (Llama, Vec<f32>) {
         for step in 0..steps {
             let (rows, targets) = data(step, 8);
             let micro = mean_ce_micro_batches(&rows, &targets, 3);
-            let rep = lm_train_step(&mut model, &mut opt, &micro, sched.lr(3e-3, step), Some(1.0)).unwrap();
+            let rep = if shards == 1 {
+                lm_train_step(&mut model, &mut opt, &micro, sched.lr(3e-3, step), Some(1.0)).unwrap()
+            } else {
+                lm_train_step_sharded(&mut model, &mut opt, &micro, sched.lr(3e-3, step), Some(1.0), shards).unwrap()
+            };
             losses.push(rep.loss);
         }
         (model, losses)
@@ -67,6 +75,24 @@ fn same_seed_bit_identical_weights_on_1_2_and_3_threads() {
         assert!(bits(&m1) == bits(&m3), "{} differs between 1 and 3 threads", s.name);
     }
     assert_ne!(m1.params(), Llama::new_random(config(Head::LanguageModel), 42).params(), "training moved the weights");
+}
+
+/// Row shards inside a step: the result depends on the shard count only, not on the threads,
+/// and stays within rounding of the unsharded step.
+#[test]
+fn sharded_steps_are_bit_identical_across_thread_counts() {
+    let (a1, l1) = train_sharded(1, 3, 2);
+    let (a2, l2) = train_sharded(2, 3, 2);
+    let (a3, _) = train_sharded(3, 3, 2);
+    assert_eq!(l1, l2);
+    assert_eq!(a1.params(), a2.params(), "2 shards: 1 vs 2 threads");
+    assert_eq!(a1.params(), a3.params(), "2 shards: 1 vs 3 threads");
+    let (u, lu) = train(2, 3);
+    for (x, y) in l1.iter().zip(&lu) {
+        assert!((x - y).abs() < 1e-4 * y.abs(), "sharded loss {x} vs unsharded {y}");
+    }
+    let diff: f32 = a1.params().concat().iter().zip(u.params().concat()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(diff < 1e-3, "sharded weights drift {diff} from unsharded");
 }
 
 #[test]

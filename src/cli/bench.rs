@@ -31,6 +31,10 @@ pub enum BenchCommand {
         /// Rows per micro-batch on the GPU (gradient accumulation over the preset's batch).
         #[arg(long)]
         micro_batch: Option<usize>,
+        /// CPU: row shards per step whose passes run concurrently (data parallelism inside
+        /// the step; results depend on the shard count, not the thread count).
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
         #[arg(long, default_value_t = 10)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
@@ -68,15 +72,15 @@ pub enum BenchCommand {
 
 pub fn run(c: BenchCommand) -> anyhow::Result<ExitCode> {
     match c {
-        BenchCommand::Train { preset, device, micro_batch, steps, warmup, threads, json } => {
+        BenchCommand::Train { preset, device, micro_batch, shards, steps, warmup, threads, json } => {
             let p = train_preset(&preset).with_context(|| format!("unknown preset `{preset}` (expected mini, small or 1b)"))?;
             let dev = Device::parse(&device)?;
             if !dev.is_cpu() {
                 return gpu::train(&dev, &p, micro_batch.unwrap_or(p.batch), steps, warmup, json);
             }
-            let r = bench_train(&p, steps, warmup, threads)?;
+            let r = bench_train(&p, steps, warmup, threads, shards)?;
             let v = serde_json::json!({
-                "bench": "train", "preset": r.preset, "threads": r.threads, "steps": r.steps, "parameters": r.parameters,
+                "bench": "train", "preset": r.preset, "threads": r.threads, "shards": shards, "steps": r.steps, "parameters": r.parameters,
                 "seconds_per_step": r.seconds_per_step, "tokens_per_s": r.tokens_per_s, "gflops": r.gflops,
                 "gemm_peak_gflops": r.gemm_peak_gflops, "share_of_gemm_peak": r.share_of_gemm_peak, "final_loss": r.final_loss,
             });
