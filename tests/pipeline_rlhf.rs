@@ -64,6 +64,32 @@ fn rlhf_small_runs_three_rounds_and_caches() {
     // The pool of best answers grows with the rounds' new prompts.
     assert!(table_rows(&ws, &run, "rs", 3, "best") > table_rows(&ws, &run, "rs", 1, "best"));
 
+    // The report lifts every round's reward-model, rejection-sampling and PPO figures and
+    // evaluates every round's policy (README, "Report").
+    let out = common::alignflow(tmp.path(), &["report", file.to_str().unwrap(), "--workspace", ws.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in 1..=3 {
+        for rm in ["rm_helpful", "rm_safe"] {
+            let a = &v["reward_models"][format!("{rm}@{r}")]["accuracy_by_rating"];
+            assert!(a.is_object(), "{rm}@{r}: {}", v["reward_models"]);
+            for level in a.as_object().unwrap().keys() {
+                assert!(["significantly_better", "better", "slightly_better", "negligibly_better"].contains(&level.as_str()), "{level}");
+            }
+        }
+        let rs = &v["rejection_sampling"][format!("rs@{r}")];
+        for key in ["max_reward_by_k", "median_reward_by_k", "gold_of_chosen_by_k", "gold_median_by_k"] {
+            assert_eq!(rs[key].as_object().map(|m| m.len()), Some(3), "rs@{r} {key}: {rs}");
+            assert!(rs[key]["4"].is_number());
+        }
+        let ppo = &v["ppo"][format!("ppo@{r}")];
+        assert!(ppo["curve"].as_array().is_some_and(|c| !c.is_empty()) && ppo["last"]["kl"].is_number(), "{ppo}");
+        let m = &v["models"][format!("ppo@{r}")];
+        assert!(m["helpfulness"].is_number() && m["sampled"]["helpfulness"].is_number(), "ppo@{r}: {m}");
+        assert_eq!(m["eval_stage"], format!("eval_round@{r}"));
+    }
+    assert!(v["models"]["sft"]["helpfulness"].is_number());
+
     // Nothing changed: every stage is cached.
     let again = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
     for s in again["stages"].as_array().unwrap() {

@@ -44,13 +44,35 @@ pub struct Curve {
     pub points: Vec<LossPoint>,
 }
 
+/// The report of one RLHF stage instance (`train_reward`, `rejection_sample` or `ppo`), as
+/// that stage wrote it (`report.json` of its `report` output).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageReport {
+    /// The instance (`rm_helpful@2`).
+    pub instance: String,
+    pub report: serde_json::Value,
+}
+
 /// Everything the report shows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub pipeline: String,
     pub models: Vec<ModelResult>,
     pub curves: Vec<Curve>,
+    /// `train_reward` instances, in pipeline order.
+    pub reward_models: Vec<StageReport>,
+    /// `rejection_sample` instances.
+    pub rejection_sampling: Vec<StageReport>,
+    /// `ppo` instances.
+    pub ppo: Vec<StageReport>,
 }
+
+/// The keys of a `train_reward` report lifted into the JSON report.
+const RM_KEYS: [&str; 8] = ["track", "margin", "train_pairs", "test_pairs", "accuracy", "accuracy_by_rating", "label_accuracy_by_rating", "accuracy_by_family"];
+/// The keys of a `rejection_sample` report lifted into the JSON report.
+const RS_KEYS: [&str; 9] = [
+    "prompts", "max_reward_by_k", "median_reward_by_k", "gold_of_chosen_by_k", "gold_median_by_k", "unsafe_of_chosen_by_k", "pool_size", "pool_mean_gold", "round_best_mean_gold",
+];
 
 /// Stage kinds whose model output carries a `loss_curve.json`.
 const TRAINING_KINDS: [&str; 1] = ["sft"];
@@ -64,6 +86,7 @@ pub fn gather(store: &Store, pipeline: &str, stage_order: &[String]) -> Result<R
     let mut instances: Vec<(&String, &graph::store::InstanceRecord)> = record.instances.iter().collect();
     instances.sort_by_key(|(name, r)| (rank(&r.stage, r.round), (*name).clone()));
     let (mut models, mut curves) = (Vec::new(), Vec::new());
+    let (mut reward_models, mut rejection_sampling, mut ppo) = (Vec::new(), Vec::new(), Vec::new());
     for (name, r) in instances {
         let Some(manifest) = store.manifest(&r.fingerprint) else { continue };
         if manifest.kind == "eval" {
@@ -71,6 +94,14 @@ pub fn gather(store: &Store, pipeline: &str, stage_order: &[String]) -> Result<R
             let report = read_json::<EvalReport>(&path)?;
             let producer = r.inputs.inputs.get("model").and_then(|v| v.split('.').next()).and_then(|fp| by_fp.get(fp)).map(|s| s.to_string());
             models.push(ModelResult { name: producer.unwrap_or_else(|| name.clone()), eval_instance: name.clone(), report });
+        } else if let Some(list) = match manifest.kind.as_str() {
+            "train_reward" => Some(&mut reward_models),
+            "rejection_sample" => Some(&mut rejection_sampling),
+            "ppo" => Some(&mut ppo),
+            _ => None,
+        } {
+            let path = store.output_dir(&r.fingerprint, "report").join("report.json");
+            list.push(StageReport { instance: name.clone(), report: read_json(&path)? });
         } else if TRAINING_KINDS.contains(&manifest.kind.as_str()) {
             let path = store.output_dir(&r.fingerprint, "model").join("loss_curve.json");
             if path.is_file() {
@@ -78,7 +109,7 @@ pub fn gather(store: &Store, pipeline: &str, stage_order: &[String]) -> Result<R
             }
         }
     }
-    Ok(Report { pipeline: pipeline.to_string(), models, curves })
+    Ok(Report { pipeline: pipeline.to_string(), models, curves, reward_models, rejection_sampling, ppo })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
@@ -98,9 +129,34 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
     })
 }
 
+/// `keys` of a stage report (missing keys left out).
+fn pick(report: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for k in keys {
+        if let Some(v) = report.get(*k) {
+            m.insert((*k).to_string(), v.clone());
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// A PPO report's summary: the curve and held-out evaluations as they are, plus the first and
+/// last point's reward, KL and gold.
+fn ppo_json(report: &serde_json::Value) -> serde_json::Value {
+    let mut v = pick(report, &["best_iteration", "stopped_early", "heldout", "curve"]);
+    let curve = report.get("curve").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+    v["iterations_run"] = curve.len().into();
+    for (name, point) in [("first", curve.first()), ("last", curve.last())] {
+        v[name] = point.map(|p| pick(p, &["reward", "kl", "entropy", "clip_fraction", "gold"])).unwrap_or(serde_json::Value::Null);
+    }
+    v
+}
+
 impl Report {
     /// `{"pipeline", "models": {NAME: {greedy fields..., "sampled": {same}, "eval_stage"}},
-    /// "training": {INSTANCE: {"steps", "final_loss"}}}`.
+    /// "training": {INSTANCE: {"steps", "final_loss"}}, "reward_models": {INSTANCE: {...,
+    /// "accuracy_by_rating"}}, "rejection_sampling": {INSTANCE: {"max_reward_by_k", ...}},
+    /// "ppo": {INSTANCE: {"curve", ...}}}` (README, "Report").
     pub fn to_json(&self) -> serde_json::Value {
         let mut models = serde_json::Map::new();
         for m in &self.models {
@@ -116,7 +172,17 @@ impl Report {
             .iter()
             .map(|c| (c.instance.clone(), serde_json::json!({ "steps": c.points.len(), "final_loss": c.points.last().map(|p| p.loss) })))
             .collect();
-        serde_json::json!({ "pipeline": self.pipeline, "models": models, "training": training })
+        let lift = |list: &[StageReport], f: &dyn Fn(&serde_json::Value) -> serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+            list.iter().map(|r| (r.instance.clone(), f(&r.report))).collect()
+        };
+        serde_json::json!({
+            "pipeline": self.pipeline,
+            "models": models,
+            "training": training,
+            "reward_models": lift(&self.reward_models, &|r| pick(r, &RM_KEYS)),
+            "rejection_sampling": lift(&self.rejection_sampling, &|r| pick(r, &RS_KEYS)),
+            "ppo": lift(&self.ppo, &ppo_json),
+        })
     }
 
     /// Writes `report.md`, `report.json` and the PNG plots into `out`; returns the files written.
@@ -171,6 +237,7 @@ impl Report {
             }
             s.push('\n');
         }
+        self.rlhf_markdown(&mut s);
         if !self.curves.is_empty() {
             s.push_str("## Training\n\n| stage | steps | first loss | final loss |\n|---|---|---|---|\n");
             for c in &self.curves {
@@ -189,5 +256,43 @@ impl Report {
             s.push_str("_No plots: no TrueType font was found on this system (see docs/sft-eval.md)._\n");
         }
         s
+    }
+
+    /// The reward-model, rejection-sampling and PPO tables (one row per instance, so per round).
+    fn rlhf_markdown(&self, s: &mut String) {
+        let num = |v: &serde_json::Value| v.as_f64().map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into());
+        const LEVELS: [&str; 4] = ["significantly_better", "better", "slightly_better", "negligibly_better"];
+        if !self.reward_models.is_empty() {
+            s.push_str("## Reward models: held-out accuracy against gold, by rating\n\n| instance | track | test pairs | significantly better | better | slightly better | negligibly better | all |\n|---|---|---|---|---|---|---|---|\n");
+            for r in &self.reward_models {
+                let a = &r.report["accuracy_by_rating"];
+                let lv: Vec<String> = LEVELS.iter().map(|l| num(&a[*l])).collect();
+                s.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.instance, r.report["track"].as_str().unwrap_or("?"), r.report["test_pairs"], lv.join(" | "), num(&r.report["accuracy"])));
+            }
+            s.push('\n');
+        }
+        if !self.rejection_sampling.is_empty() {
+            s.push_str("## Rejection sampling by K (reward-model max / median; gold of the pick / gold median)\n\n| instance | K | max reward | median reward | gold of chosen | gold median |\n|---|---|---|---|---|---|\n");
+            for r in &self.rejection_sampling {
+                if let Some(m) = r.report["max_reward_by_k"].as_object() {
+                    let mut ks: Vec<&String> = m.keys().collect();
+                    ks.sort_by_key(|k| k.parse::<usize>().unwrap_or(usize::MAX));
+                    for k in ks {
+                        let g = |key: &str| num(&r.report[key][k.as_str()]);
+                        s.push_str(&format!("| {} | {k} | {} | {} | {} | {} |\n", r.instance, g("max_reward_by_k"), g("median_reward_by_k"), g("gold_of_chosen_by_k"), g("gold_median_by_k")));
+                    }
+                }
+            }
+            s.push('\n');
+        }
+        if !self.ppo.is_empty() {
+            s.push_str("## PPO (first / last iteration)\n\n| instance | iterations | best iteration | reward | KL | entropy | clip fraction | gold |\n|---|---|---|---|---|---|---|---|\n");
+            for r in &self.ppo {
+                let v = ppo_json(&r.report);
+                let fl = |k: &str| format!("{} / {}", num(&v["first"][k]), num(&v["last"][k]));
+                s.push_str(&format!("| {} | {} | {} | {} | {} | {} | {} | {} |\n", r.instance, v["iterations_run"], v["best_iteration"], fl("reward"), fl("kl"), fl("entropy"), fl("clip_fraction"), fl("gold")));
+            }
+            s.push('\n');
+        }
     }
 }
