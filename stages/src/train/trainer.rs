@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 
 use kernels::checkpoint::{load_tensors, save_tensors, SaveDtype, TensorMap};
 use kernels::model::Llama;
-use kernels::model::{Grads, ModelError};
-use kernels::optim::{clip_grad_norm, mean_ce_micro_batches, AdamW, AdamWConfig, LmMicroBatch};
-use rayon::prelude::*;
+use kernels::model::ModelError;
+use kernels::optim::{mean_ce_micro_batches, AdamW, AdamWConfig, LmMicroBatch};
 
 use super::examples::Example;
 use super::packing::{pack_epoch, PackedRow};
@@ -239,36 +238,13 @@ fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainC
     Ok(LossPoint { step: step + 1, loss: r.loss, lr, grad_norm: r.grad_norm, scored_tokens: scored })
 }
 
-/// The engine's language-model step (`kernels::optim::lm_train_step`: gradients of every
-/// micro-batch summed in order, global-norm clipping, one AdamW update), with each micro-batch
-/// split into `shards` row shards whose passes run concurrently. With one shard it is exactly
-/// the engine's step. Several shards keep both cores busy where one pass cannot: on 2 cores
-/// the engine's single pass of 8 × 128 tokens used about 1.6 of them (BENCHMARKS-pipeline.md).
+/// The engine's language-model step with each micro-batch split into `shards` row shards
+/// whose passes run concurrently (`kernels::optim::lm_train_step_sharded`). With one shard it
+/// is exactly the engine's plain step. Several shards keep both cores busy where one pass
+/// cannot: on 2 cores the engine's single pass of 8 × 128 tokens used about 1.6 of them
+/// (BENCHMARKS-pipeline.md).
 fn sharded_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], shards: usize, lr: f32, clip: Option<f32>) -> Result<kernels::optim::StepReport, ModelError> {
-    let mut total = Grads::zeros(model);
-    let mut loss = 0.0f64;
-    let mut tokens = 0;
-    for mb in micro {
-        let per = mb.rows.len().div_ceil(shards.max(1)).max(1);
-        let ranges: Vec<(usize, usize)> = (0..mb.rows.len()).step_by(per).map(|a| (a, (a + per).min(mb.rows.len()))).collect();
-        let m: &Llama = model;
-        let parts: Vec<Result<(f32, Grads), ModelError>> = ranges
-            .par_iter()
-            .map(|&(a, b)| m.weighted_nll_grads(&mb.rows[a..b], &mb.targets[a..b], &mb.weights[a..b]))
-            .collect();
-        for part in parts {
-            let (l, g) = part?;
-            loss += l as f64;
-            total.add_assign(&g);
-        }
-        tokens += mb.rows.iter().map(|r| r.len()).sum::<usize>();
-    }
-    let grad_norm = match clip {
-        Some(c) => clip_grad_norm(&mut total, c),
-        None => total.global_norm(),
-    };
-    opt.update(model, &total, lr)?;
-    Ok(kernels::optim::StepReport { loss: loss as f32, grad_norm, lr, tokens })
+    kernels::optim::lm_train_step_sharded(model, opt, micro, lr, clip, shards)
 }
 
 /// blake3 over what a checkpoint's validity depends on: the configuration, the examples and
