@@ -14,7 +14,7 @@
 
 use crate::checkpoint::{HostTensor, TensorMap};
 use crate::config::{Head, LlamaConfig};
-use crate::ops::attention::{self, AttnShape};
+use crate::ops::attention::{self, AttnShape, Cols};
 use crate::ops::matmul::{MmShape, Tr, matmul};
 use crate::ops::{Span, embedding, loss, norm, rope, spans_of, swiglu};
 use crate::rng::Rng;
@@ -195,16 +195,13 @@ struct LayerActs {
     x: Vec<f32>,     // (N, D) residual stream entering the layer
     rstd1: Vec<f32>, // (N)
     h1: Vec<f32>,    // (N, D) normed input of attention
-    q: Vec<f32>,     // (N, Hq·hd) after rotary
-    k: Vec<f32>,     // (N, Hkv·hd) after rotary
-    v: Vec<f32>,     // (N, Hkv·hd)
+    qkv: Vec<f32>,   // (N, (Hq + 2·Hkv)·hd): q and k after rotary, then v, side by side
     probs: Vec<f32>, // per (row, head) (L, L)
     att: Vec<f32>,   // (N, Hq·hd) attention output before o_proj
     x_mid: Vec<f32>, // (N, D) residual after attention
     rstd2: Vec<f32>, // (N)
     h2: Vec<f32>,    // (N, D) normed input of the MLP
-    g: Vec<f32>,     // (N, F) gate projection
-    u: Vec<f32>,     // (N, F) up projection
+    gu: Vec<f32>,    // (N, 2F): gate and up projections side by side
     a: Vec<f32>,     // (N, F) silu(g) * u
 }
 
@@ -458,16 +455,17 @@ impl Llama {
             // q, k and v come from one product with [Wq; Wk; Wv]: one wide gemm runs closer to
             // the peak than three narrow ones (n = 64 for k and v in the small presets).
             let wqkv = self.stacked_weight(l, &[WQ, WK, WV]);
-            let mut qkv = vec![0.0; n * (qd + 2 * kvd)];
-            linear(&mut qkv, &h1, &wqkv, n, d, qd + 2 * kvd);
-            let mut parts = split_columns(&qkv, n, &[qd, kvd, kvd]).into_iter();
-            drop(qkv);
-            let (mut q, mut k, v) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-            rope::rope(&mut q, &batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Forward);
-            rope::rope(&mut k, &batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Forward);
+            // q, k and v stay side by side in the product's output; rotary and attention read
+            // their columns in place.
+            let sw = qd + 2 * kvd;
+            let mut qkv = vec![0.0; n * sw];
+            linear(&mut qkv, &h1, &wqkv, n, d, sw);
+            rope::rope_cols(&mut qkv, sw, 0, &batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Forward);
+            rope::rope_cols(&mut qkv, sw, qd, &batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Forward);
             let mut att = vec![0.0; n * qd];
             let mut probs = vec![0.0; attention::probs_len(&batch.spans, sh)];
-            attention::attention(&mut att, &mut probs, &q, &k, &v, &batch.spans, sh);
+            let col = |col0| Cols { data: &qkv, width: sw, col0 };
+            attention::attention_cols(&mut att, &mut probs, col(0), col(qd), col(qd + kvd), &batch.spans, sh);
             let mut x_mid = vec![0.0; n * d];
             linear(&mut x_mid, &att, w(WO), n, qd, d);
             x_mid.iter_mut().zip(&x).for_each(|(a, b)| *a += b);
@@ -477,17 +475,14 @@ impl Llama {
             // Gate and up from one product with [Wg; Wu], for the same reason as q/k/v.
             let mut gu = vec![0.0; n * 2 * f];
             linear(&mut gu, &h2, &self.stacked_weight(l, &[WG, WU]), n, d, 2 * f);
-            let mut parts = split_columns(&gu, n, &[f, f]).into_iter();
-            drop(gu);
-            let (g, u) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
             let mut a = vec![0.0; n * f];
-            swiglu::swiglu(&mut a, &g, &u);
+            swiglu::swiglu_packed(&mut a, &gu, f);
             let mut x_out = vec![0.0; n * d];
             linear(&mut x_out, &a, w(WD), n, f, d);
             x_out.iter_mut().zip(&x_mid).for_each(|(a, b)| *a += b);
             let x_in = std::mem::replace(&mut x, x_out);
             if save {
-                layers.push(LayerActs { x: x_in, rstd1, h1, q, k, v, probs, att, x_mid, rstd2, h2, g, u, a });
+                layers.push(LayerActs { x: x_in, rstd1, h1, qkv, probs, att, x_mid, rstd2, h2, gu, a });
             }
         }
         let mut rstd_f = vec![0.0; n];
@@ -545,11 +540,9 @@ impl Llama {
             // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))).
             let mut da = vec![0.0; n * f];
             linear_backward(&mut da, &mut grads.tensors[gi(WD)], &dx, &s.a, w(WD), n, f, d);
-            let (mut dg, mut du) = (vec![0.0; n * f], vec![0.0; n * f]);
-            swiglu::swiglu_backward(&mut dg, &mut du, &da, &s.g, &s.u);
+            let mut dgu = vec![0.0; n * 2 * f];
+            swiglu::swiglu_backward_packed(&mut dgu, &da, &s.gu, f);
             drop(da);
-            let dgu = join_columns(&[&dg, &du], n, &[f, f]);
-            drop((dg, du));
             let mut dh2 = vec![0.0; n * d];
             self.stacked_linear_backward(&mut dh2, &mut grads, l, &[WG, WU], &dgu, &s.h2);
             // dx now flows into x_mid: the residual path plus the MLP norm's backward.
@@ -557,14 +550,15 @@ impl Llama {
             // Attention: x_mid = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))).
             let mut datt = vec![0.0; n * qd];
             linear_backward(&mut datt, &mut grads.tensors[gi(WO)], &dx, &s.att, w(WO), n, qd, d);
-            let (mut dq, mut dk, mut dv) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
-            attention::attention_backward(&mut dq, &mut dk, &mut dv, &datt, &s.q, &s.k, &s.v, &s.probs, &fwd.batch.spans, sh);
-            rope::rope(&mut dq, &fwd.batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Inverse);
-            rope::rope(&mut dk, &fwd.batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Inverse);
-            // The fused q/k/v product's backward: dh1 = dqkv @ Wqkv and dWqkv = dqkvᵀ @ h1, whose
-            // row blocks are exactly dWq, dWk and dWv.
-            let dqkv = join_columns(&[&dq, &dk, &dv], n, &[qd, kvd, kvd]);
-            drop((dq, dk, dv));
+            // dq, dk and dv land side by side in the fused layout, where the q/k/v product's
+            // backward wants them: dh1 = dqkv @ Wqkv and dWqkv = dqkvᵀ @ h1, whose row blocks
+            // are exactly dWq, dWk and dWv.
+            let sw = qd + 2 * kvd;
+            let mut dqkv = vec![0.0; n * sw];
+            let col = |col0| Cols { data: &s.qkv, width: sw, col0 };
+            attention::attention_backward_cols(&mut dqkv, sw, &datt, col(0), col(qd), col(qd + kvd), &s.probs, &fwd.batch.spans, sh);
+            rope::rope_cols(&mut dqkv, sw, 0, &fwd.batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Inverse);
+            rope::rope_cols(&mut dqkv, sw, qd, &fwd.batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Inverse);
             let mut dh1 = vec![0.0; n * d];
             self.stacked_linear_backward(&mut dh1, &mut grads, l, &[WQ, WK, WV], &dqkv, &s.h1);
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(ATTN_NORM)], &dh1, &s.x, w(ATTN_NORM), &s.rstd1);
@@ -665,31 +659,6 @@ impl Llama {
             _ => Err(ModelError::WrongHead { op, needed: "scalar" }),
         }
     }
-}
-
-/// Splits x (N, Σ widths) into its column blocks, (N, w) each.
-fn split_columns(x: &[f32], n: usize, widths: &[usize]) -> Vec<Vec<f32>> {
-    let total: usize = widths.iter().sum();
-    let mut parts: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(n * w)).collect();
-    for row in x.chunks(total).take(n) {
-        let mut c = 0;
-        for (p, &w) in parts.iter_mut().zip(widths) {
-            p.extend_from_slice(&row[c..c + w]);
-            c += w;
-        }
-    }
-    parts
-}
-
-/// The inverse of [`split_columns`]: parts (N, w) side by side into (N, Σ w).
-fn join_columns(parts: &[&[f32]], n: usize, widths: &[usize]) -> Vec<f32> {
-    let mut x = Vec::with_capacity(n * widths.iter().sum::<usize>());
-    for i in 0..n {
-        for (p, &w) in parts.iter().zip(widths) {
-            x.extend_from_slice(&p[i * w..(i + 1) * w]);
-        }
-    }
-    x
 }
 
 /// Packed next-token targets: position t of each row predicts token t + 1; the last predicts

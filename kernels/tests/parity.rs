@@ -167,3 +167,55 @@ fn vectorised_exp_matches_libm() {
     // Below the clamp (-87.3) the result is ~1e-38 instead of a denormal or 0.
     check_close("exp", &got, &want, 2e-38, 3e-7).unwrap();
 }
+
+/// The fused-layout versions the model runs (q/k/v and gate/up side by side in one buffer)
+/// against the references on separate tensors.
+#[test]
+fn fused_layouts_match_the_references() {
+    use kernels::ops::attention::{Cols, attention_backward_cols, attention_cols};
+    let (n, f) = (23, 37);
+    let gu = randn(n * 2 * f, 20, 2.0);
+    let g: Vec<f32> = (0..n).flat_map(|r| gu[r * 2 * f..r * 2 * f + f].to_vec()).collect();
+    let u: Vec<f32> = (0..n).flat_map(|r| gu[r * 2 * f + f..(r + 1) * 2 * f].to_vec()).collect();
+    let mut a = vec![0.0; n * f];
+    swiglu::swiglu_packed(&mut a, &gu, f);
+    check_close("swiglu packed", &a, &swiglu::swiglu_ref(&g, &u), 1e-6, 1e-5).unwrap();
+    let da = randn(n * f, 21, 1.0);
+    let (dg_r, du_r) = swiglu::swiglu_backward_ref(&da, &g, &u);
+    let mut dgu = vec![f32::NAN; n * 2 * f];
+    swiglu::swiglu_backward_packed(&mut dgu, &da, &gu, f);
+    let dg: Vec<f32> = (0..n).flat_map(|r| dgu[r * 2 * f..r * 2 * f + f].to_vec()).collect();
+    let du: Vec<f32> = (0..n).flat_map(|r| dgu[r * 2 * f + f..(r + 1) * 2 * f].to_vec()).collect();
+    check_close("swiglu packed dg", &dg, &dg_r, 1e-6, 1e-5).unwrap();
+    check_close("swiglu packed du", &du, &du_r, 1e-6, 1e-5).unwrap();
+
+    // Attention and rotary on the columns of one (N, q | k | v) buffer.
+    let spans = spans_of([5, 1, 17, 8]);
+    let n: usize = 31;
+    let sh = AttnShape { heads: 6, kv_heads: 2, head_dim: 12 };
+    let (qd, kvd) = (72, 24);
+    let w = qd + 2 * kvd;
+    let qkv = randn(n * w, 22, 1.0);
+    let part = |x: &[f32], c0: usize, cw: usize| -> Vec<f32> { (0..n).flat_map(|t| x[t * w + c0..t * w + c0 + cw].to_vec()).collect() };
+    let (q, k, v) = (part(&qkv, 0, qd), part(&qkv, qd, kvd), part(&qkv, qd + kvd, kvd));
+    let pos: Vec<usize> = (0..n).map(|i| i % 9).collect();
+    let table = rope::RopeTable::new(12, 10000.0, 64);
+    let mut rot = qkv.clone();
+    rope::rope_cols(&mut rot, w, qd, &pos, 2, &table, rope::Direction::Forward);
+    let mut k_ref = k.clone();
+    rope::rope_ref(&mut k_ref, &pos, 2, 12, 10000.0, rope::Direction::Forward);
+    check_close("rope cols", &part(&rot, qd, kvd), &k_ref, 1e-5, 1e-5).unwrap();
+    assert_eq!(part(&rot, 0, qd), q, "rope_cols touched other columns");
+    let (out_ref, p_ref) = attention_ref(&q, &k, &v, &spans, sh);
+    let (mut out, mut p) = (vec![0.0; n * qd], vec![0.0; probs_len(&spans, sh)]);
+    let col = |c0| Cols { data: &qkv, width: w, col0: c0 };
+    attention_cols(&mut out, &mut p, col(0), col(qd), col(qd + kvd), &spans, sh);
+    check_close("attention cols out", &out, &out_ref, 1e-5, 1e-4).unwrap();
+    let dout = randn(n * qd, 23, 1.0);
+    let (dq_r, dk_r, dv_r) = attention_backward_ref(&dout, &q, &k, &v, &p_ref, &spans, sh);
+    let mut dqkv = vec![f32::NAN; n * w];
+    attention_backward_cols(&mut dqkv, w, &dout, col(0), col(qd), col(qd + kvd), &p, &spans, sh);
+    check_close("attention cols dq", &part(&dqkv, 0, qd), &dq_r, 1e-5, 1e-4).unwrap();
+    check_close("attention cols dk", &part(&dqkv, qd, kvd), &dk_r, 1e-5, 1e-4).unwrap();
+    check_close("attention cols dv", &part(&dqkv, qd + kvd, kvd), &dv_r, 1e-5, 1e-4).unwrap();
+}

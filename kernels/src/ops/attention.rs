@@ -69,13 +69,43 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], spans: &[Span], sh: AttnSh
     (out, probs)
 }
 
+/// Columns of a row-major buffer: rows `width` wide, the tensor starting at column `col0`
+/// (q, k and v can then be read straight out of the fused q/k/v product).
+#[derive(Debug, Clone, Copy)]
+pub struct Cols<'a> {
+    pub data: &'a [f32],
+    pub width: usize,
+    pub col0: usize,
+}
+
+impl<'a> Cols<'a> {
+    /// A plain (N, width) tensor.
+    pub fn all(data: &'a [f32], width: usize) -> Cols<'a> {
+        Cols { data, width, col0: 0 }
+    }
+}
+
 /// Copies head `h` of rows `s` of x (N, width) into a contiguous (L, hd) block.
 fn gather(x: &[f32], width: usize, s: Span, h: usize, hd: usize) -> Vec<f32> {
+    gather_cols(Cols::all(x, width), s, h, hd)
+}
+
+fn gather_cols(x: Cols<'_>, s: Span, h: usize, hd: usize) -> Vec<f32> {
     let mut o = Vec::with_capacity(s.len * hd);
     for t in s.offset..s.offset + s.len {
-        o.extend_from_slice(&x[t * width + h * hd..t * width + (h + 1) * hd]);
+        let b = t * x.width + x.col0 + h * hd;
+        o.extend_from_slice(&x.data[b..b + hd]);
     }
     o
+}
+
+/// Writes a contiguous (L, hd) block into head `h` of rows `s` of x (rows `width` wide, the
+/// tensor at column `col0`).
+fn scatter_set(x: &mut [f32], width: usize, col0: usize, s: Span, h: usize, hd: usize, block: &[f32]) {
+    for (i, t) in (s.offset..s.offset + s.len).enumerate() {
+        let b = t * width + col0 + h * hd;
+        x[b..b + hd].copy_from_slice(&block[i * hd..(i + 1) * hd]);
+    }
 }
 
 /// Adds a contiguous (L, hd) block back into head `h` of rows `s` of x (N, width).
@@ -102,15 +132,21 @@ fn prob_blocks<'a>(mut probs: &'a mut [f32], spans: &[Span], heads: usize) -> Ve
 
 /// Fast forward: writes out (N, Hq·hd) and probs (see [`probs_len`]).
 pub fn attention(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[f32], spans: &[Span], sh: AttnShape) {
-    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let (qw, kw) = (sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    attention_cols(out, probs, Cols::all(q, qw), Cols::all(k, kw), Cols::all(v, kw), spans, sh);
+}
+
+/// [`attention`] reading q, k and v as column ranges (e.g. of the fused q/k/v product).
+pub fn attention_cols(out: &mut [f32], probs: &mut [f32], q: Cols<'_>, k: Cols<'_>, v: Cols<'_>, spans: &[Span], sh: AttnShape) {
+    let (hd, qw) = (sh.head_dim, sh.heads * sh.head_dim);
     let tasks: Vec<(Span, usize)> = spans.iter().flat_map(|&s| (0..sh.heads).map(move |h| (s, h))).collect();
     let blocks = prob_blocks(probs, spans, sh.heads);
     let scale = sh.scale();
     let outs: Vec<Vec<f32>> = tasks.par_iter().zip(blocks.into_par_iter()).map(|(&(s, h), p)| {
         let l = s.len;
-        let qh = gather(q, qw, s, h, hd);
-        let kh = gather(k, kw, s, h / sh.group(), hd);
-        let vh = gather(v, kw, s, h / sh.group(), hd);
+        let qh = gather_cols(q, s, h, hd);
+        let kh = gather_cols(k, s, h / sh.group(), hd);
+        let vh = gather_cols(v, s, h / sh.group(), hd);
         // p (L, L) = qh (L, hd) @ khᵀ, then the causal softmax row by row.
         matmul_serial(p, &qh, Tr::N, &kh, Tr::T, MmShape { m: l, k: hd, n: l }, false);
         for i in 0..l {
@@ -178,6 +214,41 @@ pub fn attention_backward(
     spans: &[Span], sh: AttnShape,
 ) {
     let (hd, qw, kw, g) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim, sh.group());
+    let (tasks, results) = backward_blocks(dout, Cols::all(q, qw), Cols::all(k, kw), Cols::all(v, kw), probs, spans, sh);
+    for (&(r, kh), (dqs, dkb, dvb)) in tasks.iter().zip(&results) {
+        let s = spans[r];
+        for (i, dqb) in dqs.iter().enumerate() {
+            scatter_add(dq, qw, s, kh * g + i, hd, dqb);
+        }
+        scatter_add(dk, kw, s, kh, hd, dkb);
+        scatter_add(dv, kw, s, kh, hd, dvb);
+    }
+}
+
+/// The backward into the fused layout: writes (not adds) dq, dk and dv into the columns of
+/// dqkv (rows `width` wide) where q, k and v sit in the forward's q/k/v product. Every element
+/// of those columns is written.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_cols(
+    dqkv: &mut [f32], width: usize, dout: &[f32], q: Cols<'_>, k: Cols<'_>, v: Cols<'_>, probs: &[f32], spans: &[Span], sh: AttnShape,
+) {
+    let (hd, g) = (sh.head_dim, sh.group());
+    let (tasks, results) = backward_blocks(dout, q, k, v, probs, spans, sh);
+    for (&(r, kh), (dqs, dkb, dvb)) in tasks.iter().zip(&results) {
+        let s = spans[r];
+        for (i, dqb) in dqs.iter().enumerate() {
+            scatter_set(dqkv, width, q.col0, s, kh * g + i, hd, dqb);
+        }
+        scatter_set(dqkv, width, k.col0, s, kh, hd, dkb);
+        scatter_set(dqkv, width, v.col0, s, kh, hd, dvb);
+    }
+}
+
+/// Per (row, kv head): the group's dq blocks, and dk, dv, each (L, hd).
+type BackwardBlocks = (Vec<(usize, usize)>, Vec<(Vec<Vec<f32>>, Vec<f32>, Vec<f32>)>);
+
+fn backward_blocks(dout: &[f32], q: Cols<'_>, k: Cols<'_>, v: Cols<'_>, probs: &[f32], spans: &[Span], sh: AttnShape) -> BackwardBlocks {
+    let (hd, qw, g) = (sh.head_dim, sh.heads * sh.head_dim, sh.group());
     let scale = sh.scale();
     let mut pbase = Vec::with_capacity(spans.len());
     let mut acc = 0;
@@ -190,14 +261,14 @@ pub fn attention_backward(
     let results: Vec<Grads> = tasks.par_iter().map(|&(r, kh)| {
         let s = spans[r];
         let l = s.len;
-        let kb = gather(k, kw, s, kh, hd);
-        let vb = gather(v, kw, s, kh, hd);
+        let kb = gather_cols(k, s, kh, hd);
+        let vb = gather_cols(v, s, kh, hd);
         let (mut dkb, mut dvb) = (vec![0.0f32; l * hd], vec![0.0f32; l * hd]);
         let mut dqs = Vec::with_capacity(g);
         let mut dp = vec![0.0f32; l * l];
         for h in kh * g..(kh + 1) * g {
             let p = &probs[pbase[r] + h * l * l..pbase[r] + (h + 1) * l * l];
-            let qb = gather(q, qw, s, h, hd);
+            let qb = gather_cols(q, s, h, hd);
             let dob = gather(dout, qw, s, h, hd);
             // dv (L, hd) += pᵀ (L, L) @ dout (L, hd)
             matmul_serial(&mut dvb, p, Tr::T, &dob, Tr::N, MmShape { m: l, k: l, n: hd }, true);
@@ -217,12 +288,5 @@ pub fn attention_backward(
         }
         (dqs, dkb, dvb)
     }).collect();
-    for (&(r, kh), (dqs, dkb, dvb)) in tasks.iter().zip(&results) {
-        let s = spans[r];
-        for (i, dqb) in dqs.iter().enumerate() {
-            scatter_add(dq, qw, s, kh * g + i, hd, dqb);
-        }
-        scatter_add(dk, kw, s, kh, hd, dkb);
-        scatter_add(dv, kw, s, kh, hd, dvb);
-    }
+    (tasks, results)
 }

@@ -75,13 +75,20 @@ pub fn rope_ref(x: &mut [f32], pos: &[usize], heads: usize, hd: usize, theta: f3
 /// Fast: tokens in parallel, angles from the table. Panics if a position is past the table
 /// (the model checks positions against it first and returns an error).
 pub fn rope(x: &mut [f32], pos: &[usize], heads: usize, table: &RopeTable, dir: Direction) {
+    let width = heads * 2 * table.half;
+    rope_cols(x, width, 0, pos, heads, table, dir);
+}
+
+/// [`rope`] on `heads` heads starting at column `col0` of rows `width` wide (e.g. the q or k
+/// columns of a fused q/k/v product); other columns are untouched.
+pub fn rope_cols(x: &mut [f32], width: usize, col0: usize, pos: &[usize], heads: usize, table: &RopeTable, dir: Direction) {
     let half = table.half;
     let hd = 2 * half;
-    x.par_chunks_mut(heads * hd).zip(pos.par_iter()).for_each(|(xt, &p)| {
+    x.par_chunks_mut(width).zip(pos.par_iter()).for_each(|(xt, &p)| {
         let cos = &table.cos[p * half..(p + 1) * half];
         let sin = &table.sin[p * half..(p + 1) * half];
         let sign = if dir == Direction::Forward { 1.0 } else { -1.0 };
-        for xh in xt.chunks_mut(hd) {
+        for xh in xt[col0..col0 + heads * hd].chunks_mut(hd) {
             let (a, b) = xh.split_at_mut(half);
             for i in 0..half {
                 let (x1, x2, s) = (a[i], b[i], sign * sin[i]);

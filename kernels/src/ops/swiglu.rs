@@ -60,3 +60,28 @@ pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], da: &[f32], g: &[f32], u:
             }
         });
 }
+
+/// [`swiglu`] on the fused gate/up product: gu (N, 2F) holds [g | u] per row; a is (N, F).
+pub fn swiglu_packed(a: &mut [f32], gu: &[f32], f: usize) {
+    a.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).for_each(|(a, gu)| {
+        let (g, u) = gu.split_at(f);
+        sigmoid_into(a, g);
+        for i in 0..f {
+            a[i] *= g[i] * u[i];
+        }
+    });
+}
+
+/// [`swiglu_backward`] on the fused layout: writes dgu (N, 2F) = [dg | du] per row.
+pub fn swiglu_backward_packed(dgu: &mut [f32], da: &[f32], gu: &[f32], f: usize) {
+    dgu.par_chunks_mut(2 * f).zip(da.par_chunks(f)).zip(gu.par_chunks(2 * f)).for_each(|((dgu, da), gu)| {
+        let (dg, du) = dgu.split_at_mut(f);
+        let (g, u) = gu.split_at(f);
+        sigmoid_into(dg, g);
+        for i in 0..f {
+            let s = dg[i];
+            du[i] = da[i] * g[i] * s;
+            dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        }
+    });
+}
