@@ -128,6 +128,44 @@ impl Instruction {
     pub const ALL: [Instruction; 4] =
         [Instruction::Capitals, Instruction::EndWithOver, Instruction::StartWithArr, Instruction::AtMostFiveWords];
 
+    /// The name stored in tables (`capitals`, `end_with_over`, `start_with_arr`, `at_most_five_words`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Instruction::Capitals => "capitals",
+            Instruction::EndWithOver => "end_with_over",
+            Instruction::StartWithArr => "start_with_arr",
+            Instruction::AtMostFiveWords => "at_most_five_words",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Instruction> {
+        Instruction::ALL.into_iter().find(|i| i.as_str() == s)
+    }
+
+    /// `response` rewritten to obey the instruction (the world's stand-in for an annotator
+    /// fixing a sampled answer): upper-cased; " Over." appended; "Arr! " prepended; or, when
+    /// longer than five words, the bare answer value (the first five words without one).
+    /// An answer that already obeys is returned trimmed and otherwise unchanged.
+    pub fn enforce(self, spec: &JudgeSpec, response: &str) -> String {
+        let r = response.trim();
+        if self.holds(r) {
+            return r.to_string();
+        }
+        match self {
+            Instruction::Capitals if r.chars().any(|c| c.is_alphabetic()) => r.to_uppercase(),
+            Instruction::Capitals => format!("{} OK.", r.to_uppercase()).trim().to_string(),
+            Instruction::EndWithOver => format!("{r} Over.").trim().to_string(),
+            Instruction::StartWithArr => format!("Arr! {r}").trim().to_string(),
+            Instruction::AtMostFiveWords => match answer_value(spec) {
+                Some(v) if (1..=5).contains(&v.split_whitespace().count()) => format!("{v}."),
+                _ => {
+                    let w: Vec<&str> = r.split_whitespace().take(5).collect();
+                    if w.is_empty() { "OK.".to_string() } else { w.join(" ") }
+                }
+            },
+        }
+    }
+
     /// The long form, as a system message.
     pub fn long_form(self) -> &'static str {
         match self {

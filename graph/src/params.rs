@@ -127,27 +127,36 @@ pub struct ParamSpec {
     pub ty: ParamType,
     pub default: Option<ParamValue>,
     pub doc: &'static str,
+    /// A parameter added to a kind after pipelines using it existed: at its default value it
+    /// is left out of the fingerprint, so those pipelines keep their fingerprints (and caches).
+    /// Set by [`ParamSpec::added_later`].
+    pub omit_default_from_fingerprint: bool,
 }
 
 impl ParamSpec {
     pub fn int(name: &'static str, min: i64, max: i64, default: Option<i64>, doc: &'static str) -> Self {
-        ParamSpec { name, ty: ParamType::Int { min, max }, default: default.map(ParamValue::Int), doc }
+        ParamSpec { name, ty: ParamType::Int { min, max }, default: default.map(ParamValue::Int), doc, omit_default_from_fingerprint: false }
     }
     pub fn float(name: &'static str, min: f64, max: f64, default: Option<f64>, doc: &'static str) -> Self {
-        ParamSpec { name, ty: ParamType::Float { min, max }, default: default.map(ParamValue::Float), doc }
+        ParamSpec { name, ty: ParamType::Float { min, max }, default: default.map(ParamValue::Float), doc, omit_default_from_fingerprint: false }
     }
     pub fn bool(name: &'static str, default: Option<bool>, doc: &'static str) -> Self {
-        ParamSpec { name, ty: ParamType::Bool, default: default.map(ParamValue::Bool), doc }
+        ParamSpec { name, ty: ParamType::Bool, default: default.map(ParamValue::Bool), doc, omit_default_from_fingerprint: false }
     }
     pub fn str(name: &'static str, default: Option<&str>, doc: &'static str) -> Self {
-        ParamSpec { name, ty: ParamType::Str, default: default.map(|d| ParamValue::Str(d.into())), doc }
+        ParamSpec { name, ty: ParamType::Str, default: default.map(|d| ParamValue::Str(d.into())), doc, omit_default_from_fingerprint: false }
     }
     pub fn str_list(name: &'static str, default: Option<&[&str]>, doc: &'static str) -> Self {
         let default = default.map(|d| ParamValue::List(d.iter().map(|s| ParamValue::Str((*s).into())).collect()));
-        ParamSpec { name, ty: ParamType::StrList, default, doc }
+        ParamSpec { name, ty: ParamType::StrList, default, doc, omit_default_from_fingerprint: false }
+    }
+    /// Marks a parameter added after pipelines existed (see `omit_default_from_fingerprint`).
+    pub fn added_later(mut self) -> Self {
+        self.omit_default_from_fingerprint = true;
+        self
     }
     pub fn table(name: &'static str, doc: &'static str) -> Self {
-        ParamSpec { name, ty: ParamType::Table, default: Some(ParamValue::Table(BTreeMap::new())), doc }
+        ParamSpec { name, ty: ParamType::Table, default: Some(ParamValue::Table(BTreeMap::new())), doc, omit_default_from_fingerprint: false }
     }
 }
 

@@ -214,7 +214,14 @@ fn add_instance(
     let record = FpRecord {
         kind: decl.kind.clone(),
         version: kind.version(),
-        params: decl.params.values.iter().map(|(k, v)| (k.clone(), v.canonical())).collect(),
+        params: {
+            // Parameters added to a kind later are left out at their default (ParamSpec::added_later).
+            let specs = kind.params();
+            let at_later_default = |k: &str, v: &crate::params::ParamValue| {
+                specs.iter().any(|s| s.name == k && s.omit_default_from_fingerprint && s.default.as_ref().is_some_and(|d| d.canonical() == v.canonical()))
+            };
+            decl.params.values.iter().filter(|(k, v)| !at_later_default(k, v)).map(|(k, v)| (k.clone(), v.canonical())).collect()
+        },
         seed,
         inputs: kind
             .inputs()

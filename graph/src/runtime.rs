@@ -222,7 +222,7 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                             },
                             None if !frontier.frontier().is_empty() => None,
                             None if upstream_failed => Some(ctx.report(idx, Status::Skipped, None, 0.0, Some("an upstream stage failed".into()))),
-                            None if let Some(m) = ctx.store.manifest(&ctx.plan.instances[idx].fingerprint) => {
+                            None if let Some(m) = ctx.store.manifest_with(&ctx.plan.instances[idx].fingerprint, &ctx.output_names(idx)) => {
                                 // A cached row-wise instance reused all its rows.
                                 let rows = m.rows.map(|total| RowStats { total, computed: 0, reused: total });
                                 Some(ctx.report(idx, Status::Cached, rows, 0.0, None))
@@ -304,6 +304,11 @@ struct JobCtx {
 }
 
 impl JobCtx {
+    /// The outputs the instance's kind declares now.
+    fn output_names(&self, idx: usize) -> Vec<&'static str> {
+        self.registry.get(&self.kind(idx)).map(|k| k.outputs().iter().map(|p| p.name).collect()).unwrap_or_default()
+    }
+
     fn kind(&self, idx: usize) -> String {
         self.plan.pipeline.stages[self.plan.instances[idx].stage].kind.clone()
     }

@@ -231,6 +231,13 @@ impl Store {
         all_there.then_some(m)
     }
 
+    /// The manifest, if complete and listing every output in `outputs` (a kind that gained an
+    /// output since the artifact was written must run again; with the same fingerprint, its
+    /// other outputs come out the same, so nothing downstream reruns).
+    pub fn manifest_with(&self, fingerprint: &str, outputs: &[&str]) -> Option<Manifest> {
+        self.manifest(fingerprint).filter(|m| outputs.iter().all(|o| m.outputs.contains_key(*o)))
+    }
+
     /// Verifies every file of an artifact against its recorded blake3 (slow; for tests/fsck).
     pub fn verify(&self, fingerprint: &str) -> Result<bool, StoreError> {
         let Some(m) = self.manifest(fingerprint) else { return Ok(false) };

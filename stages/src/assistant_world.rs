@@ -4,7 +4,7 @@
 //! only on (seed, split, i), so a larger size appends rows and row-wise stages downstream
 //! recompute only the new ones.
 
-use datasets::world::{generate_split, Split, WorldConfig};
+use datasets::world::{generate_dialogues, generate_split, DialogueSplit, Split, WorldConfig};
 use graph::{ArtifactType, ParamSpec, Port, RunCtx, Stage, StageError};
 
 use crate::common::write_output_table;
@@ -39,11 +39,19 @@ impl Stage for AssistantWorld {
         Vec::new()
     }
     fn outputs(&self) -> Vec<Port> {
-        Split::ALL.iter().map(|s| Port::new(s.as_str(), ArtifactType::Table, split_doc(*s))).collect()
+        let mut ports: Vec<Port> = Split::ALL.iter().map(|s| Port::new(s.as_str(), ArtifactType::Table, split_doc(*s))).collect();
+        ports.push(Port::new(
+            DialogueSplit::Gatt.as_str(),
+            ArtifactType::Table,
+            "Ghost Attention training dialogues: id, instruction, short_form, system, turns, prompts, categories, judges",
+        ));
+        ports.push(Port::new(DialogueSplit::Eval.as_str(), ArtifactType::Table, "evaluation dialogues for instruction adherence by turn (dialogue schema)"));
+        ports
     }
     fn params(&self) -> Vec<ParamSpec> {
         let std = WorldConfig::standard(0);
         let s = &std.sizes;
+        let d = &std.dialogues;
         vec![
             ParamSpec::int("pretrain", 0, MAX_ROWS, Some(s.pretrain as i64), "rows of `pretrain`"),
             ParamSpec::int("sft", 0, MAX_ROWS, Some(s.sft as i64), "rows of `sft`"),
@@ -63,12 +71,24 @@ impl Stage for AssistantWorld {
             ),
             ParamSpec::float("badly_formed_share", 0.0, 1.0, Some(std.sft.badly_formed_share), "share of badly formed demonstrations in the affected families"),
             ParamSpec::float("filler_share", 0.0, 1.0, Some(std.sft.filler_share), "share of other demonstrations wrapped in filler"),
+            // Added with the dialogue splits: left out of the fingerprint at their defaults, so
+            // pipelines written before keep their fingerprints.
+            ParamSpec::int("gatt_dialogues", 0, MAX_ROWS, Some(d.gatt as i64), "rows of `gatt_dialogues` (Ghost Attention training dialogues)").added_later(),
+            ParamSpec::int("eval_dialogues", 0, MAX_ROWS, Some(d.eval as i64), "rows of `eval_dialogues`").added_later(),
+            ParamSpec::int("dialogue_min_turns", 1, 1000, Some(d.min_turns as i64), "fewest turns of a GAtt dialogue").added_later(),
+            ParamSpec::int("dialogue_max_turns", 1, 1000, Some(d.max_turns as i64), "most turns of a GAtt dialogue (uniform in between)").added_later(),
+            ParamSpec::int("eval_dialogue_turns", 1, 1000, Some(d.eval_turns as i64), "turns of every eval dialogue").added_later(),
+            ParamSpec::float("dialogue_short_share", 0.0, 1.0, Some(d.short_share), "share of GAtt dialogues whose system text is the instruction's short form").added_later(),
         ]
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
         let cfg = config(ctx)?;
         for split in Split::ALL {
             let batch = generate_split(&cfg, split).map_err(|e| StageError::wrap(format!("generating split `{}`", split.as_str()), e))?;
+            write_output_table(ctx, split.as_str(), &batch)?;
+        }
+        for split in DialogueSplit::ALL {
+            let batch = generate_dialogues(&cfg, split).map_err(|e| StageError::wrap(format!("generating split `{}`", split.as_str()), e))?;
             write_output_table(ctx, split.as_str(), &batch)?;
         }
         Ok(())
@@ -92,6 +112,12 @@ fn config(ctx: &RunCtx<'_>) -> Result<WorldConfig, StageError> {
     cfg.pretrain_unsafe_compliance = p.float("pretrain_unsafe_compliance")?;
     cfg.sft.badly_formed_share = p.float("badly_formed_share")?;
     cfg.sft.filler_share = p.float("filler_share")?;
+    cfg.dialogues.gatt = size("gatt_dialogues")?;
+    cfg.dialogues.eval = size("eval_dialogues")?;
+    cfg.dialogues.min_turns = size("dialogue_min_turns")?;
+    cfg.dialogues.max_turns = size("dialogue_max_turns")?;
+    cfg.dialogues.eval_turns = size("eval_dialogue_turns")?;
+    cfg.dialogues.short_share = p.float("dialogue_short_share")?;
     cfg.validate().map_err(|e| StageError::wrap("world options", e))?;
     Ok(cfg)
 }
@@ -105,7 +131,16 @@ mod tests {
     #[test]
     fn writes_one_table_per_split_with_the_requested_sizes() {
         let d = tempfile::tempdir().unwrap();
-        let sizes = [("pretrain", 5), ("sft", 7), ("rl_prompts", 3), ("preference_prompts", 2), ("eval", 8), ("eval_borderline", 1)];
+        let sizes = [
+            ("pretrain", 5),
+            ("sft", 7),
+            ("rl_prompts", 3),
+            ("preference_prompts", 2),
+            ("eval", 8),
+            ("eval_borderline", 1),
+            ("gatt_dialogues", 4),
+            ("eval_dialogues", 2),
+        ];
         let over: Vec<(&str, ParamValue)> = sizes.iter().map(|(k, v)| (*k, ParamValue::Int(*v))).collect();
         let params = testing::params(&AssistantWorld, &over);
         let (outs, rows) = testing::run(&AssistantWorld, &params, d.path(), Default::default(), d.path(), 1).unwrap();
@@ -115,5 +150,23 @@ mod tests {
             assert_eq!(t.num_rows(), n as usize, "{split}");
             assert!(t.schema().index_of("id").is_ok());
         }
+    }
+
+    #[test]
+    fn dialogue_params_stay_out_of_the_fingerprint_at_their_defaults() {
+        let reg = crate::registry();
+        let record = |extra: &str| {
+            let text = format!("[pipeline]\nname = \"p\"\nseed = 1\n[stages.world]\nkind = \"assistant_world\"\n[stages.world.params]\nsft = 10\n{extra}");
+            let p = graph::check(&text, &reg).unwrap();
+            graph::plan(p, &reg, std::path::Path::new(".")).unwrap().instances[0].record.clone()
+        };
+        let base = record("");
+        assert!(base.params.contains_key("sft") && base.params.contains_key("eval_share"));
+        for name in ["gatt_dialogues", "eval_dialogues", "dialogue_min_turns", "dialogue_max_turns", "eval_dialogue_turns", "dialogue_short_share"] {
+            assert!(!base.params.contains_key(name), "{name} is in the fingerprint at its default");
+        }
+        // Spelling a default out changes nothing; another value does.
+        assert_eq!(record("gatt_dialogues = 300\n").fingerprint(), base.fingerprint());
+        assert_ne!(record("gatt_dialogues = 30\n").fingerprint(), base.fingerprint());
     }
 }

@@ -4,11 +4,14 @@
 //! `show` rendering, and the generated stage reference.
 
 mod common;
+mod dialogue;
 
 pub mod assistant_world;
 pub mod collect_preferences;
 pub mod docs;
 pub mod eval;
+pub mod eval_dialogue;
+pub mod gatt;
 pub mod jsonl;
 pub mod parquet;
 pub mod source;

@@ -19,6 +19,8 @@ pub fn registry() -> Registry {
     r.register(Arc::new(crate::ppo::Ppo));
     r.register(Arc::new(crate::sft::Sft));
     r.register(Arc::new(crate::eval::Eval));
+    r.register(Arc::new(crate::gatt::Gatt));
+    r.register(Arc::new(crate::eval_dialogue::EvalDialogue));
     r
 }
 

@@ -124,7 +124,7 @@ impl Stage for Sft {
 }
 
 /// The training configuration from the parameters.
-fn train_config(ctx: &RunCtx<'_>, separator: Option<u32>) -> Result<TrainConfig, StageError> {
+pub(crate) fn train_config(ctx: &RunCtx<'_>, separator: Option<u32>) -> Result<TrainConfig, StageError> {
     let p = ctx.params;
     let u = |name: &str| p.int(name).map(|v| v as usize);
     let schedule = match p.str("schedule")? {
@@ -185,7 +185,7 @@ fn random_config(ctx: &RunCtx<'_>, tok: &Tokenizer) -> Result<LlamaConfig, Stage
 
 /// Where checkpoints go: the runtime's per-instance scratch directory, which survives a kill
 /// and is keyed by the instance's fingerprint, so a re-run of the same stage resumes from it.
-fn checkpoint_dir(ctx: &RunCtx<'_>) -> Option<PathBuf> {
+pub(crate) fn checkpoint_dir(ctx: &RunCtx<'_>) -> Option<PathBuf> {
     ctx.scratch_dir().map(|d| d.join("checkpoints"))
 }
 

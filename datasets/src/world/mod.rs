@@ -10,16 +10,20 @@
 //! phrasings (`tasks::Draw`). Items, numbers and phrasings are shared, so the model must
 //! generalise, and every item is seen in training.
 //!
-//! Dialogues for Ghost Attention (`eval_dialogues`, GAtt training dialogues) are not generated
-//! yet: they belong in a `dialogues` module next to `tasks`, built by chaining `sample_task`
-//! turns under a `judge::Instruction`, and a `Split::EvalDialogues` variant here.
+//! Dialogues for Ghost Attention (`gatt_dialogues`, `eval_dialogues`) are in `dialogues`:
+//! chained `sample_task` turns under a `judge::Instruction`, with their own table schema.
 
+pub mod dialogues;
 mod rng;
 mod tasks;
 pub mod vocab;
 
 use arrow_array::RecordBatch;
 
+pub use dialogues::{
+    DialogueConfig, DialogueRow, DialogueSplit, dialogue_row, dialogue_rows, dialogues_batch, dialogues_schema,
+    generate_dialogues,
+};
 pub use rng::Rng;
 pub use tasks::{Draw, Task, badly_formed_answer, compliance_answer, fact, filler_answer, sample_task};
 
@@ -72,6 +76,8 @@ pub struct WorldConfig {
     /// Share of unsafe Q/A pairs in pretraining text that comply (the "internet" is not safe).
     pub pretrain_unsafe_compliance: f64,
     pub sft: SftMix,
+    /// The dialogue splits (Ghost Attention).
+    pub dialogues: DialogueConfig,
 }
 
 impl WorldConfig {
@@ -107,6 +113,7 @@ impl WorldConfig {
                 badly_formed_share: 0.85,
                 filler_share: 0.1,
             },
+            dialogues: DialogueConfig::standard(),
         }
     }
 
@@ -121,6 +128,7 @@ impl WorldConfig {
         share("pretrain_unsafe_compliance", self.pretrain_unsafe_compliance, false)?;
         share("sft.badly_formed_share", self.sft.badly_formed_share, false)?;
         share("sft.filler_share", self.sft.filler_share, false)?;
+        self.dialogues.validate()?;
         if self.pretrain_items_per_row == 0 {
             return Err(DataError::Config { setting: "pretrain_items_per_row".into(), msg: "must be at least 1".into() });
         }
@@ -235,7 +243,12 @@ pub fn generate_split(cfg: &WorldConfig, split: Split) -> Result<RecordBatch> {
 
 /// The row key of row `index` of `split`: `sft-000042`.
 pub fn row_id(split: Split, index: usize) -> String {
-    format!("{}-{index:06}", split.as_str())
+    row_id_str(split.as_str(), index)
+}
+
+/// The row key of row `index` of the table named `table`.
+pub(crate) fn row_id_str(table: &str, index: usize) -> String {
+    format!("{table}-{index:06}")
 }
 
 /// The training-pool draw for this config.

@@ -1,0 +1,305 @@
+//! `gatt`: Ghost Attention (Llama 2 §3.3; ../shared/docs/llama2-recipe.md). From a policy
+//! and the world's GAtt dialogues (`datasets::world::dialogues`):
+//!
+//! 1. **Sample.** The instruction's long form is concatenated to every user turn
+//!    (`"{instruction} {user}"`) and every assistant turn is sampled from the policy, turn by
+//!    turn (batched over dialogues; turn t of a dialogue draws from the stream (row seed, t)).
+//! 2. **Fix** (`repair`, default on). A tiny policy that never saw instructions rarely obeys
+//!    one even when it is repeated in every turn, so an answer that breaks the instruction is
+//!    rewritten to obey it by `Instruction::enforce` (upper-cased, " Over." appended, "Arr! "
+//!    prepended, or cut to the bare answer). This stands in for the paper's premise that the
+//!    latest RLHF model already follows an instruction it is given in the same turn. The
+//!    number of sampled answers that obeyed unaided is in `gatt_summary.json`. With
+//!    `repair = false`, dialogues whose final answer breaks the instruction are dropped.
+//! 3. **Train rows.** The instruction is kept only at the start: as the system message
+//!    (`instruction_position = "system"`, default; the Llama 2 format merges it into the first
+//!    user turn inside `<<SYS>>`), or prepended to the first user message (`"first_user"`).
+//!    The row's `system` text is the long or short form as the world drew it (the short form
+//!    in `dialogue_short_share` = half of the rows; `short_form = false` here forces the long
+//!    form). Later user turns are the plain prompts.
+//! 4. **Loss.** The paper: "we simply set the loss to 0 for all the tokens from the previous
+//!    turns, including assistant messages". Our reading: only the final assistant turn (and
+//!    its EOS) is a target (`loss_turns = "last"`, default); the earlier turns are context
+//!    whose samples came from a different prompt (the instruction in every turn), so training
+//!    on them would teach a mismatch. `loss_turns = "all"` scores every assistant turn.
+//! 5. **Fine-tune** with the shared loop (`train::trainer`, the same parameters as `sft`), and
+//!    write a model directory like `sft`'s, plus the training rows as the `dialogues` table.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, Int32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use datasets::judge::Instruction;
+use datasets::schema::ChatMessage;
+use datasets::world::{dialogue_rows, DialogueRow};
+use graph::{ArtifactType, ParamSpec, Port, RunCtx, Stage, StageError};
+use kernels::chat::{ChatTemplate, Message};
+use kernels::checkpoint::SaveDtype;
+use kernels::model::Llama;
+use kernels::model_dir::ModelDir;
+
+use crate::common::{read_input_table, write_output_table};
+use crate::dialogue::{dialogue_seed, Convo, Roller};
+use crate::train::{train, write_loss_curve, Example, RunOptions};
+
+pub struct Gatt;
+
+impl Stage for Gatt {
+    fn kind(&self) -> &'static str {
+        "gatt"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "Ghost Attention (Llama 2 §3.3): sample multi-turn dialogues with the instruction concatenated to every user turn, keep it only at the start for training, zero the loss on every earlier turn, fine-tune; writes a model directory like sft's."
+    }
+    fn inputs(&self) -> Vec<Port> {
+        vec![
+            Port::new("model", ArtifactType::Model, "the policy to sample with and fine-tune (HF layout with tokenizer)"),
+            Port::new("dialogues", ArtifactType::Table, "GAtt dialogues (the world's `gatt_dialogues`: dialogue schema)"),
+        ]
+    }
+    fn outputs(&self) -> Vec<Port> {
+        vec![
+            Port::new("model", ArtifactType::Model, "the fine-tuned model (HF layout) + loss curve, train_summary.json and gatt_summary.json"),
+            Port::new("dialogues", ArtifactType::Table, "the training rows: id, instruction, short_form, turns, messages, held (did each sampled answer obey unaided), repaired"),
+        ]
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::float("temperature", 0.0, 10.0, Some(0.6), "sampling temperature of the assistant turns (Meta's chat default)"),
+            ParamSpec::float("top_p", 0.0, 1.0, Some(0.9), "nucleus of the assistant turns (Meta's chat default)"),
+            ParamSpec::int("max_new_tokens", 1, 1 << 16, Some(32), "cap on an assistant turn"),
+            ParamSpec::str("instruction_position", Some("system"), "where the training rows keep the instruction: \"system\" (system message) or \"first_user\" (prepended to the first user turn)"),
+            ParamSpec::str("loss_turns", Some("last"), "\"last\": loss on the final assistant turn only (the paper's zeroed earlier turns); \"all\": every assistant turn"),
+            ParamSpec::bool("repair", Some(true), "rewrite sampled answers that break the instruction so they obey (else drop dialogues whose final answer breaks it)"),
+            ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
+            ParamSpec::int("seq_len", 2, 1 << 20, Some(512), "tokens per packed row: at least the longest dialogue, or its last turn loses its context"),
+            ParamSpec::int("batch_size", 1, 1 << 20, Some(4), "packed rows per micro-batch"),
+            ParamSpec::int("grad_accum", 1, 1 << 20, Some(1), "micro-batches per optimiser step"),
+            ParamSpec::int("epochs", 0, 1 << 20, Some(2), "passes over the dialogues (used when max_steps = 0)"),
+            ParamSpec::int("max_steps", 0, i64::MAX, Some(0), "optimiser steps; 0 = as many as `epochs` needs"),
+            ParamSpec::float("lr", 0.0, 10.0, Some(3e-4), "peak learning rate"),
+            ParamSpec::int("warmup_steps", 0, i64::MAX, Some(5), "linear warm-up steps"),
+            ParamSpec::str("schedule", Some("cosine"), "\"cosine\" (to min_lr_ratio × lr) or \"constant\" after warm-up"),
+            ParamSpec::float("min_lr_ratio", 0.0, 1.0, Some(0.1), "cosine floor as a fraction of lr"),
+            ParamSpec::float("weight_decay", 0.0, 10.0, Some(0.1), "AdamW decoupled weight decay (not on norms)"),
+            ParamSpec::float("clip", 0.0, 1e6, Some(1.0), "global gradient-norm clip; 0 = none"),
+            ParamSpec::int("shards", 1, 1024, Some(2), "concurrent row shards per micro-batch (as sft)"),
+            ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints; 0 = none"),
+        ]
+    }
+    fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
+        let p = ctx.params;
+        let position = p.str("instruction_position")?.to_string();
+        if position != "system" && position != "first_user" {
+            return Err(StageError::Param { name: "instruction_position".into(), expected: "\"system\" or \"first_user\"".into() });
+        }
+        let last_only = match p.str("loss_turns")? {
+            "last" => true,
+            "all" => false,
+            _ => return Err(StageError::Param { name: "loss_turns".into(), expected: "\"last\" or \"all\"".into() }),
+        };
+        let (repair, use_short) = (p.bool("repair")?, p.bool("short_form")?);
+        let md = ModelDir::load(ctx.input("model")?).map_err(|e| StageError::wrap("loading input `model`", e))?;
+        let stop = md.stop_ids();
+        let tok = md.tokenizer.clone().ok_or_else(|| StageError::Message("input `model` has no tokenizer.json".into()))?;
+        let template = md.chat.clone().unwrap_or(ChatTemplate::Llama2);
+        let mut model = Llama::from_tensors(md.config.clone(), &md.tensors).map_err(|e| StageError::wrap("input `model`", e))?;
+        let table = read_input_table(ctx, "dialogues")?;
+        let rows = dialogue_rows(&table, "dialogues").map_err(|e| StageError::wrap("input `dialogues`", e))?;
+        let instructions: Vec<Instruction> = rows.iter().map(|r| r.instruction()).collect::<Result<_, _>>().map_err(|e| StageError::wrap("input `dialogues`", e))?;
+
+        // 1. Sample with the instruction concatenated to every user turn.
+        let convos: Vec<Convo> = rows
+            .iter()
+            .zip(&instructions)
+            .map(|(r, ins)| Convo {
+                key: r.id.clone(),
+                system: None,
+                users: r.prompts.iter().map(|u| format!("{} {u}", ins.long_form())).collect(),
+                seed: dialogue_seed(ctx.seed, &r.id),
+            })
+            .collect();
+        let roller = Roller {
+            model: &model,
+            tok: &tok,
+            template: &template,
+            stop: &stop,
+            max_new_tokens: p.int("max_new_tokens")? as usize,
+            temperature: p.float("temperature")? as f32,
+            top_p: p.float("top_p")? as f32,
+        };
+        let t0 = std::time::Instant::now();
+        let sampled = roller.roll(&convos)?;
+        let sample_seconds = t0.elapsed().as_secs_f64();
+
+        // 2-4. Fix, build the training rows and their loss masks.
+        let mut out_rows: Vec<TrainRow> = Vec::new();
+        let (mut turns_total, mut turns_held, mut dropped) = (0usize, 0usize, 0usize);
+        for ((r, ins), turns) in rows.iter().zip(&instructions).zip(&sampled) {
+            let held: Vec<bool> = turns.iter().map(|t| ins.holds(&t.text)).collect();
+            turns_total += held.len();
+            turns_held += held.iter().filter(|h| **h).count();
+            if !repair && !held.last().copied().unwrap_or(false) {
+                dropped += 1;
+                continue;
+            }
+            let answers: Vec<String> = turns
+                .iter()
+                .enumerate()
+                .map(|(t, a)| {
+                    if repair {
+                        let j = r.judge(t).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
+                        Ok(ins.enforce(&j.spec, &a.text))
+                    } else {
+                        Ok(a.text.clone())
+                    }
+                })
+                .collect::<Result<_, StageError>>()?;
+            let system = if use_short { r.system.clone() } else { ins.long_form().to_string() };
+            out_rows.push(TrainRow { messages: training_messages(r, &system, &answers, &position), held, row: r.clone() });
+        }
+        let mut examples = Vec::with_capacity(out_rows.len());
+        for tr in &out_rows {
+            let msgs: Vec<Message> = tr.messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+            let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: tr.row.id.clone(), message: e.to_string() })?;
+            let mask = if last_only { last_run_only(&enc.assistant_mask) } else { enc.assistant_mask };
+            examples.push(Example { ids: enc.ids, mask });
+        }
+        if examples.is_empty() {
+            return Err(StageError::Message("no training dialogues left (every final answer broke its instruction and repair = false)".into()));
+        }
+        let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+
+        // 5. Fine-tune with the shared loop.
+        let separator = model.config.eos_token_ids.first().copied().or_else(|| tok.token_to_id("</s>"));
+        let cfg = crate::sft::train_config(ctx, separator)?;
+        let opts = RunOptions {
+            checkpoint_dir: crate::sft::checkpoint_dir(ctx),
+            checkpoint_every: p.int("checkpoint_every")? as usize,
+            stop_after: None,
+            label: ctx.instance.to_string(),
+            progress: true,
+        };
+        let t1 = std::time::Instant::now();
+        let outcome = train(&mut model, &examples, &cfg, &opts).map_err(|e| StageError::wrap("training", e))?;
+        let train_seconds = t1.elapsed().as_secs_f64();
+        let out = ctx.output("model")?.to_path_buf();
+        let chat = md.chat.clone().unwrap_or(ChatTemplate::Llama2);
+        let dir = ModelDir { config: model.config.clone(), tensors: model.to_tensors(), tokenizer: Some(tok), chat: Some(chat) };
+        dir.save(&out, SaveDtype::F32).map_err(|e| StageError::wrap("saving the model", e))?;
+        write_loss_curve(&out, &outcome.curve).map_err(|source| StageError::Io { path: out.clone(), source })?;
+        let scored: usize = examples.iter().map(|e| e.mask.iter().filter(|m| **m).count()).sum();
+        let write_json = |name: &str, v: serde_json::Value| {
+            let path = out.join(name);
+            std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).map_err(|source| StageError::Io { path, source })
+        };
+        write_json(
+            "train_summary.json",
+            serde_json::json!({
+                "mode": "gatt",
+                "examples": examples.len(),
+                "scored_tokens_per_epoch": scored,
+                "rows_per_epoch": outcome.rows_per_epoch,
+                "steps": outcome.total_steps,
+                "parameters": model.num_parameters(),
+                "final_loss": outcome.curve.last().map(|l| l.loss),
+                "seconds": train_seconds,
+            }),
+        )?;
+        write_json(
+            "gatt_summary.json",
+            serde_json::json!({
+                "dialogues": rows.len(),
+                "training_dialogues": out_rows.len(),
+                "dropped": dropped,
+                "sampled_turns": turns_total,
+                "sampled_turns_obeying": turns_held,
+                "sampled_adherence": if turns_total > 0 { Some(turns_held as f64 / turns_total as f64) } else { None },
+                "repair": repair,
+                "instruction_position": position,
+                "loss_turns": if last_only { "last" } else { "all" },
+                "longest_example_tokens": longest,
+                "seq_len": cfg.seq_len,
+                "sample_seconds": sample_seconds,
+            }),
+        )?;
+        if longest > cfg.seq_len {
+            eprintln!("{}: warning: the longest GAtt dialogue has {longest} tokens > seq_len {}; its last turn loses context", ctx.instance, cfg.seq_len);
+        }
+        write_output_table(ctx, "dialogues", &rows_table(&out_rows)?)
+    }
+}
+
+struct TrainRow {
+    row: DialogueRow,
+    messages: Vec<ChatMessage>,
+    held: Vec<bool>,
+}
+
+/// The training conversation: the instruction only at the start, plain user turns after.
+fn training_messages(r: &DialogueRow, system: &str, answers: &[String], position: &str) -> Vec<ChatMessage> {
+    let mut m = Vec::with_capacity(2 * r.turns() + 1);
+    if position == "system" {
+        m.push(ChatMessage::new("system", system));
+    }
+    for (t, (u, a)) in r.prompts.iter().zip(answers).enumerate() {
+        let user = if t == 0 && position == "first_user" { format!("{system} {u}") } else { u.clone() };
+        m.push(ChatMessage::new("user", user));
+        m.push(ChatMessage::new("assistant", a.clone()));
+    }
+    m
+}
+
+/// The mask with only its last run of `true` kept (the final assistant turn and its EOS).
+pub(crate) fn last_run_only(mask: &[bool]) -> Vec<bool> {
+    let mut out = vec![false; mask.len()];
+    if let Some(end) = mask.iter().rposition(|m| *m) {
+        let mut s = end;
+        while s > 0 && mask[s - 1] {
+            s -= 1;
+        }
+        out[s..=end].iter_mut().for_each(|m| *m = true);
+    }
+    out
+}
+
+fn rows_table(rows: &[TrainRow]) -> Result<RecordBatch, StageError> {
+    let s = |v: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let held: Vec<Vec<bool>> = rows.iter().map(|r| r.held.clone()).collect();
+    let convos: Vec<Vec<ChatMessage>> = rows.iter().map(|r| r.messages.clone()).collect();
+    let schema = Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("instruction", DataType::Utf8, false),
+        Field::new("short_form", DataType::Boolean, false),
+        Field::new("turns", DataType::Int32, false),
+        Field::new("messages", datasets::schema::messages_type(), false),
+        Field::new("held", datasets::schema::bool_list_type(), false),
+        Field::new("repaired", DataType::Int32, false),
+    ]);
+    let cols: Vec<ArrayRef> = vec![
+        s(rows.iter().map(|r| r.row.id.clone()).collect()),
+        s(rows.iter().map(|r| r.row.instruction.clone()).collect()),
+        Arc::new(BooleanArray::from(rows.iter().map(|r| r.row.short_form).collect::<Vec<_>>())),
+        Arc::new(Int32Array::from(rows.iter().map(|r| r.row.turns() as i32).collect::<Vec<_>>())),
+        datasets::schema::messages_array(&convos),
+        datasets::schema::bool_list_array(&held),
+        Arc::new(Int32Array::from(rows.iter().map(|r| r.held.iter().filter(|h| !**h).count() as i32).collect::<Vec<_>>())),
+    ];
+    RecordBatch::try_new(Arc::new(schema), cols).map_err(|e| StageError::wrap("building the `dialogues` output", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_run_only_keeps_the_final_assistant_turn() {
+        let m = [false, true, true, false, false, true, true, true, false];
+        assert_eq!(last_run_only(&m), [false, false, false, false, false, true, true, true, false]);
+        assert_eq!(last_run_only(&[false, false]), [false, false]);
+        assert_eq!(last_run_only(&[true, true]), [true, true]);
+    }
+}

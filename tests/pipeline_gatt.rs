@@ -1,0 +1,83 @@
+//! Ghost Attention end to end: `pipelines/examples/gatt_small.toml` (world -> tokenizer ->
+//! pretrain -> sft -> gatt -> eval_dialogue for the SFT and the GAtt model) runs; the GAtt
+//! model directory, its training rows and both adherence reports have the documented shapes
+//! and sane contents; a second run is fully cached.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::run_json;
+
+fn fingerprint(run: &serde_json::Value, name: &str) -> String {
+    common::stage(run, name)["fingerprint"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn gatt_small_runs_and_reports_adherence_by_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/examples/gatt_small.toml");
+    let run = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
+
+    // The world's dialogue splits: 32 GAtt dialogues of 2..20 turns, 8 eval dialogues of 20.
+    let world = fingerprint(&run, "world");
+    let table = |fp: &str, out: &str| datasets::table::read_parquet(&ws.join("artifacts").join(fp).join(out).join("table.parquet")).unwrap();
+    let g = datasets::world::dialogue_rows(&table(&world, "gatt_dialogues"), "g").unwrap();
+    let e = datasets::world::dialogue_rows(&table(&world, "eval_dialogues"), "e").unwrap();
+    assert_eq!((g.len(), e.len()), (32, 8));
+    assert!(e.iter().all(|r| r.turns() == 20));
+
+    // gatt: a model directory like sft's, one training row per dialogue (repair keeps all),
+    // the instruction only in the system message, every assistant turn obeying it.
+    let gatt = fingerprint(&run, "gatt");
+    let model_dir = ws.join("artifacts").join(&gatt).join("model");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "loss_curve.json", "train_summary.json", "gatt_summary.json"] {
+        assert!(model_dir.join(f).exists(), "gatt model has no {f}");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(model_dir.join("gatt_summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["training_dialogues"], 32, "{summary}");
+    assert!(summary["longest_example_tokens"].as_u64().unwrap() <= summary["seq_len"].as_u64().unwrap(), "{summary}");
+    let rows = table(&gatt, "dialogues");
+    assert_eq!(rows.num_rows(), 32);
+    let msgs = datasets::table::messages_values(&rows, "messages", "dialogues").unwrap();
+    let ins = datasets::table::str_values(&rows, "instruction", "dialogues").unwrap();
+    for (m, i) in msgs.iter().zip(ins) {
+        let ins = datasets::judge::Instruction::parse(i).unwrap();
+        assert_eq!(m[0].role, "system");
+        assert!(m[0].content == ins.long_form() || m[0].content == ins.short_form());
+        for (k, msg) in m[1..].iter().enumerate() {
+            assert_eq!(msg.role, if k % 2 == 0 { "user" } else { "assistant" });
+            if msg.role == "user" {
+                assert!(!msg.content.contains(ins.long_form()), "instruction left in a user turn: {}", msg.content);
+            } else {
+                assert!(ins.holds(&msg.content), "{ins:?}: {}", msg.content);
+            }
+        }
+    }
+
+    // Both adherence reports: 20 fractions in [0, 1], index 0 = turn 1, and helpfulness.
+    for name in ["adherence_sft", "adherence_gatt"] {
+        let fp = fingerprint(&run, name);
+        let rep: serde_json::Value = serde_json::from_slice(&common::artifact(&ws, &fp, "report", "report.json")).unwrap();
+        let a = rep["adherence"].as_array().unwrap_or_else(|| panic!("{name}: {rep}"));
+        assert_eq!(a.len(), 20, "{name}");
+        assert!(a.iter().all(|x| x.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v))), "{name}: {a:?}");
+        assert_eq!(rep["dialogues"], 8);
+        assert_eq!(rep["helpfulness_by_turn"].as_array().unwrap().len(), 20);
+        let so_far = rep["adherence_all_so_far"].as_array().unwrap();
+        for t in 1..20 {
+            assert!(so_far[t].as_f64().unwrap() <= so_far[t - 1].as_f64().unwrap() + 1e-12, "{name}: held-so-far must not rise");
+        }
+        assert!(rep["max_prompt_tokens"].as_u64().unwrap() > 0);
+        let results = table(&fp, "results");
+        assert_eq!(results.num_rows(), 8);
+        eprintln!("{name}: adherence {a:?}; helpfulness {}; longest prompt {} tokens", rep["helpfulness"], rep["max_prompt_tokens"]);
+    }
+
+    // A second run changes nothing.
+    let again = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
+    for s in again["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "cached", "{s}");
+    }
+}
