@@ -235,8 +235,8 @@ __device__ void attn_fwd_mma(bf16* out, float* lse, const bf16* qkv, const int* 
         }
 #pragma unroll
         for (int kb = 0; kb < 4; ++kb) {
-            u32 pa[4] = {pack_bf2(s[2 * kb][0], s[2 * kb][1]), pack_bf2(s[2 * kb][2], s[2 * kb][3]),
-                         pack_bf2(s[2 * kb + 1][0], s[2 * kb + 1][1]), pack_bf2(s[2 * kb + 1][2], s[2 * kb + 1][3])};
+            u32 pa[4];
+            c_to_a(pa, s, kb);
 #pragma unroll
             for (int dn = 0; dn < HD / 8; ++dn) {
                 u32 b0, b1;
@@ -334,10 +334,9 @@ __device__ void attn_bwd_dkdv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv,
             // dV += Pᵀ dO and dK += dSᵀ Q (k-dimension: the 64 queries).
 #pragma unroll
             for (int kb = 0; kb < 4; ++kb) {
-                u32 pa[4] = {pack_bf2(st[2 * kb][0], st[2 * kb][1]), pack_bf2(st[2 * kb][2], st[2 * kb][3]),
-                             pack_bf2(st[2 * kb + 1][0], st[2 * kb + 1][1]), pack_bf2(st[2 * kb + 1][2], st[2 * kb + 1][3])};
-                u32 sa[4] = {pack_bf2(dp[2 * kb][0], dp[2 * kb][1]), pack_bf2(dp[2 * kb][2], dp[2 * kb][3]),
-                             pack_bf2(dp[2 * kb + 1][0], dp[2 * kb + 1][1]), pack_bf2(dp[2 * kb + 1][2], dp[2 * kb + 1][3])};
+                u32 pa[4], sa[4];
+                c_to_a(pa, st, kb);
+                c_to_a(sa, dp, kb);
 #pragma unroll
                 for (int dn = 0; dn < HD / 8; ++dn) {
                     u32 b0, b1;
@@ -429,8 +428,8 @@ __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, c
             }
 #pragma unroll
         for (int kb = 0; kb < 4; ++kb) {
-            u32 sa[4] = {pack_bf2(s[2 * kb][0], s[2 * kb][1]), pack_bf2(s[2 * kb][2], s[2 * kb][3]),
-                         pack_bf2(s[2 * kb + 1][0], s[2 * kb + 1][1]), pack_bf2(s[2 * kb + 1][2], s[2 * kb + 1][3])};
+            u32 sa[4];
+            c_to_a(sa, s, kb);
 #pragma unroll
             for (int dn = 0; dn < HD / 8; ++dn) {
                 u32 b0, b1;

@@ -79,6 +79,15 @@ __device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The accumulator tiles s[2kb] and s[2kb+1] of an m16n8 product (16 rows x 16 columns) as
+// the A operand of the next product, rounded to bf16 (the flash-attention register reuse).
+__device__ __forceinline__ void c_to_a(u32* a, const float (*s)[4], int kb) {
+    a[0] = pack_bf2(s[2 * kb][0], s[2 * kb][1]);
+    a[1] = pack_bf2(s[2 * kb][2], s[2 * kb][3]);
+    a[2] = pack_bf2(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+    a[3] = pack_bf2(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+}
+
 // Two consecutive bf16 from shared memory as one register (the address must be 4-byte aligned).
 __device__ __forceinline__ u32 ld2(const bf16* p) { return *(const u32*)p; }
 // Two bf16 from different rows (p[0] and p[stride]) as one register.

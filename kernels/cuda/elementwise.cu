@@ -24,29 +24,30 @@ extern "C" __global__ void embedding_bwd(float* dtable, const float* dx, const i
     }
 }
 
-// y = x * rstd * w with rstd = 1/sqrt(mean(x²) + eps); one block per row.
-extern "C" __global__ void rmsnorm_fwd(bf16* y, float* rstd, const float* x, const float* w, int n, int d, float eps) {
+// y = x * rstd * w with rstd = 1/sqrt(mean(x²) + eps); one block per row. Returns rstd.
+__device__ float rmsnorm_row(float* yf, bf16* yb, const float* x, const float* w, int r, int d, float eps) {
     __shared__ float sh[32];
-    int r = blockIdx.x;
     const float* xr = x + (i64)r * d;
     float ss = 0.f;
     for (int j = threadIdx.x; j < d; j += blockDim.x) ss += xr[j] * xr[j];
     ss = block_sum(ss, sh);
     float rs = rsqrtf(ss / d + eps);
-    if (threadIdx.x == 0) rstd[r] = rs;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) y[(i64)r * d + j] = f2bf(xr[j] * rs * w[j]);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float y = xr[j] * rs * w[j];
+        if (yb) yb[(i64)r * d + j] = f2bf(y); else yf[(i64)r * d + j] = y;
+    }
+    return rs;
 }
 
-// The same with an f32 output (decoding and tests).
+// bf16 output and the saved rstd (training).
+extern "C" __global__ void rmsnorm_fwd(bf16* y, float* rstd, const float* x, const float* w, int n, int d, float eps) {
+    float rs = rmsnorm_row(nullptr, y, x, w, blockIdx.x, d, eps);
+    if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+}
+
+// f32 output (decoding and tests).
 extern "C" __global__ void rmsnorm_fwd_f32(float* y, const float* x, const float* w, int n, int d, float eps) {
-    __shared__ float sh[32];
-    int r = blockIdx.x;
-    const float* xr = x + (i64)r * d;
-    float ss = 0.f;
-    for (int j = threadIdx.x; j < d; j += blockDim.x) ss += xr[j] * xr[j];
-    ss = block_sum(ss, sh);
-    float rs = rsqrtf(ss / d + eps);
-    for (int j = threadIdx.x; j < d; j += blockDim.x) y[(i64)r * d + j] = xr[j] * rs * w[j];
+    rmsnorm_row(y, nullptr, x, w, blockIdx.x, d, eps);
 }
 
 // Backward of rmsnorm for the input: dx (+)= rstd·(dy∘w) − rstd³/d · x · Σ(dy∘w∘x), and a bf16
