@@ -31,6 +31,8 @@ pub(crate) struct Turn {
     pub eos: bool,
     /// Tokens of the prompt this turn was generated from.
     pub prompt_tokens: usize,
+    /// Earlier turn pairs left out of that prompt to fit the model's positions.
+    pub dropped_turns: usize,
 }
 
 pub(crate) struct Roller<'a> {
@@ -52,13 +54,15 @@ fn turn_stream(seed: u64, t: usize) -> u64 {
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// The messages of a conversation up to and including user turn `t`, with the answers so far.
-pub(crate) fn messages_upto(c: &Convo, answers: &[String], t: usize) -> Vec<Message> {
+/// The messages of a conversation up to and including user turn `t`, with the answers so far,
+/// leaving out the `dropped` earliest turn pairs after the first (the first pair, which
+/// carries the instruction, always stays).
+pub(crate) fn messages_upto(c: &Convo, answers: &[String], t: usize, dropped: usize) -> Vec<Message> {
     let mut msgs = Vec::with_capacity(2 * t + 2);
     if let Some(s) = c.system.as_deref().filter(|s| !s.is_empty()) {
         msgs.push(Message::new("system", s));
     }
-    for s in 0..t {
+    for s in (0..t).filter(|&s| s == 0 || s > dropped) {
         msgs.push(Message::new("user", &c.users[s]));
         msgs.push(Message::new("assistant", &answers[s]));
     }
@@ -79,14 +83,24 @@ impl Roller<'_> {
             let active: Vec<usize> = (0..convos.len()).filter(|&i| convos[i].users.len() > t).collect();
             let mut prompts = Vec::with_capacity(active.len());
             let mut streams = Vec::with_capacity(active.len());
+            let mut drops = Vec::with_capacity(active.len());
             for &i in &active {
                 let c = &convos[i];
                 let answers: Vec<String> = out[i].iter().map(|a| a.text.clone()).collect();
-                let msgs = messages_upto(c, &answers, t);
-                let enc = self
-                    .template
-                    .encode(self.tok, &msgs, true, None, None)
-                    .map_err(|e| StageError::Row { key: c.key.clone(), message: e.to_string() })?;
+                // A prompt that does not fit the model's positions drops its earliest turns
+                // after the first (a window that keeps the instruction's turn).
+                let mut dropped = 0;
+                let enc = loop {
+                    let msgs = messages_upto(c, &answers, t, dropped);
+                    let enc = self
+                        .template
+                        .encode(self.tok, &msgs, true, None, None)
+                        .map_err(|e| StageError::Row { key: c.key.clone(), message: e.to_string() })?;
+                    if enc.ids.len() + self.max_new_tokens <= max_pos || dropped + 1 >= t {
+                        break enc;
+                    }
+                    dropped += 1;
+                };
                 if enc.ids.len() + self.max_new_tokens > max_pos {
                     return Err(StageError::Row {
                         key: c.key.clone(),
@@ -99,13 +113,14 @@ impl Roller<'_> {
                     });
                 }
                 prompts.push(enc.ids);
+                drops.push(dropped);
                 streams.push(turn_stream(c.seed, t));
             }
             let generated = generate_with(&dw, &prompts, &streams, &params, self.stop).map_err(|e| StageError::wrap("generating", e))?;
-            for ((&i, ids), prompt) in active.iter().zip(generated).zip(&prompts) {
+            for (((&i, ids), prompt), &dropped_turns) in active.iter().zip(generated).zip(&prompts).zip(&drops) {
                 let eos = ids.last().is_some_and(|x| self.stop.contains(x));
                 let text = self.tok.decode(&ids, true).map_err(|e| StageError::Row { key: convos[i].key.clone(), message: e.to_string() })?;
-                out[i].push(Turn { text: text.trim().to_string(), eos, prompt_tokens: prompt.len() });
+                out[i].push(Turn { text: text.trim().to_string(), eos, prompt_tokens: prompt.len(), dropped_turns });
             }
         }
         Ok(out)

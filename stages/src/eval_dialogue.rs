@@ -19,7 +19,9 @@
 //! - `adherence_all_so_far`: the share in which it held at every turn up to and including it;
 //! - `helpfulness_by_turn`, `task_helpfulness_by_turn`: mean gold helpfulness at each turn;
 //! - `helpfulness`, `task_helpfulness`: the means over all turns; `by_instruction`: the
-//!   `adherence` list per instruction; `dialogues`, `turns`, `eos_rate`, `max_prompt_tokens`.
+//!   `adherence` list per instruction; `dialogues`, `turns`, `eos_rate`, `max_prompt_tokens`,
+//!   `windowed_turns` (turns whose prompt left out earlier turns, after the first, to fit the
+//!   model's positions; see `dialogue`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -128,6 +130,9 @@ pub struct JudgedTurn {
     pub task_helpfulness: f32,
     pub eos: bool,
     pub prompt_tokens: usize,
+    /// Earlier turn pairs left out of the prompt to fit the model's positions.
+    #[serde(default)]
+    pub dropped_turns: usize,
 }
 
 /// The memo entry of one dialogue.
@@ -193,6 +198,7 @@ impl RowFn for Answer {
                             task_helpfulness: judge::helpfulness(&plain, &a.text),
                             eos: a.eos,
                             prompt_tokens: a.prompt_tokens,
+                            dropped_turns: a.dropped_turns,
                             text: a.text,
                         })
                     })
@@ -218,6 +224,8 @@ pub struct DialogueReport {
     pub by_instruction: BTreeMap<String, Vec<Option<f64>>>,
     pub eos_rate: Option<f64>,
     pub max_prompt_tokens: usize,
+    /// Turns whose prompt left out earlier turns to fit the model (the first turn always stays).
+    pub windowed_turns: usize,
     pub instruction_position: String,
     pub temperature: f32,
 }
@@ -261,6 +269,7 @@ fn aggregate(rows: &[DialogueRow], judged: &[DialogueResult], turns: usize, posi
         by_instruction,
         eos_rate: mean(all().map(|j| j.eos as u8 as f64)),
         max_prompt_tokens: all().map(|j| j.prompt_tokens).max().unwrap_or(0),
+        windowed_turns: all().filter(|j| j.dropped_turns > 0).count(),
         instruction_position: position.to_string(),
         temperature,
     }

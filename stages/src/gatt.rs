@@ -22,6 +22,8 @@
 //!    its EOS) is a target (`loss_turns = "last"`, default); the earlier turns are context
 //!    whose samples came from a different prompt (the instruction in every turn), so training
 //!    on them would teach a mismatch. `loss_turns = "all"` scores every assistant turn.
+//!    A dialogue longer than `seq_len` leaves out its earliest turns after the first (which
+//!    carries the instruction); `gatt_summary.json` counts them (`windowed_dialogues`).
 //! 5. **Fine-tune** with the shared loop (`train::trainer`, the same parameters as `sft`), and
 //!    write a model directory like `sft`'s, plus the training rows as the `dialogues` table.
 
@@ -138,6 +140,9 @@ impl Stage for Gatt {
         // 2-4. Fix, build the training rows and their loss masks.
         let mut out_rows: Vec<TrainRow> = Vec::new();
         let (mut turns_total, mut turns_held, mut dropped) = (0usize, 0usize, 0usize);
+        let seq_len = p.int("seq_len")? as usize;
+        let mut windowed = 0usize;
+        let mut examples = Vec::with_capacity(rows.len());
         for ((r, ins), turns) in rows.iter().zip(&instructions).zip(&sampled) {
             let held: Vec<bool> = turns.iter().map(|t| ins.holds(&t.text)).collect();
             turns_total += held.len();
@@ -159,14 +164,22 @@ impl Stage for Gatt {
                 })
                 .collect::<Result<_, StageError>>()?;
             let system = if use_short { r.system.clone() } else { ins.long_form().to_string() };
-            out_rows.push(TrainRow { messages: training_messages(r, &system, &answers, &position), held, row: r.clone() });
-        }
-        let mut examples = Vec::with_capacity(out_rows.len());
-        for tr in &out_rows {
-            let msgs: Vec<Message> = tr.messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
-            let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: tr.row.id.clone(), message: e.to_string() })?;
+            // A dialogue longer than seq_len leaves out its earliest turns after the first (which
+            // carries the instruction), so the scored last turn keeps the instruction in view.
+            let mut dropped = 0;
+            let (messages, enc) = loop {
+                let messages = training_messages(r, &system, &answers, &position, dropped);
+                let msgs: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+                let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
+                if enc.ids.len() <= seq_len || dropped + 2 >= r.turns() {
+                    break (messages, enc);
+                }
+                dropped += 1;
+            };
+            windowed += (dropped > 0) as usize;
             let mask = if last_only { last_run_only(&enc.assistant_mask) } else { enc.assistant_mask };
             examples.push(Example { ids: enc.ids, mask });
+            out_rows.push(TrainRow { messages, held, row: r.clone() });
         }
         if examples.is_empty() {
             return Err(StageError::Message("no training dialogues left (every final answer broke its instruction and repair = false)".into()));
@@ -222,6 +235,7 @@ impl Stage for Gatt {
                 "instruction_position": position,
                 "loss_turns": if last_only { "last" } else { "all" },
                 "longest_example_tokens": longest,
+                "windowed_dialogues": windowed,
                 "seq_len": cfg.seq_len,
                 "sample_seconds": sample_seconds,
             }),
@@ -240,12 +254,13 @@ struct TrainRow {
 }
 
 /// The training conversation: the instruction only at the start, plain user turns after.
-fn training_messages(r: &DialogueRow, system: &str, answers: &[String], position: &str) -> Vec<ChatMessage> {
+/// `dropped` earliest turn pairs after the first are left out (to fit `seq_len`).
+fn training_messages(r: &DialogueRow, system: &str, answers: &[String], position: &str, dropped: usize) -> Vec<ChatMessage> {
     let mut m = Vec::with_capacity(2 * r.turns() + 1);
     if position == "system" {
         m.push(ChatMessage::new("system", system));
     }
-    for (t, (u, a)) in r.prompts.iter().zip(answers).enumerate() {
+    for (t, (u, a)) in r.prompts.iter().zip(answers).enumerate().filter(|(t, _)| *t == 0 || *t > dropped) {
         let user = if t == 0 && position == "first_user" { format!("{system} {u}") } else { u.clone() };
         m.push(ChatMessage::new("user", user));
         m.push(ChatMessage::new("assistant", a.clone()));
