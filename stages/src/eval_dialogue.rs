@@ -333,3 +333,51 @@ fn results_table(rows: &[DialogueRow], judged: &[DialogueResult]) -> Result<Reco
     ];
     RecordBatch::try_new(Arc::new(schema), cols).map_err(|e| StageError::wrap("building `results`", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialogue::messages_upto;
+
+    fn row(id: &str, instruction: &str, turns: usize) -> DialogueRow {
+        let spec = datasets::judge::JudgeSpec::Capital { country: "Peru".into(), answer: "Lima".into() };
+        DialogueRow {
+            id: id.into(),
+            instruction: instruction.into(),
+            short_form: false,
+            system: "s".into(),
+            prompts: vec!["What is the capital of Peru?".into(); turns],
+            categories: vec!["capital".into(); turns],
+            judges: vec![spec.to_json(); turns],
+        }
+    }
+
+    fn turn(held: bool) -> JudgedTurn {
+        JudgedTurn { text: String::new(), held, helpfulness: held as u8 as f32, task_helpfulness: 1.0, eos: true, prompt_tokens: 10, dropped_turns: 0 }
+    }
+
+    #[test]
+    fn adherence_is_per_turn_over_the_dialogues_that_long() {
+        let rows = [row("a", "capitals", 3), row("b", "end_with_over", 2)];
+        let judged = [
+            DialogueResult { turns: vec![turn(true), turn(false), turn(true)] },
+            DialogueResult { turns: vec![turn(true), turn(true)] },
+        ];
+        let r = aggregate(&rows, &judged, 4, "system", 0.0);
+        assert_eq!(r.adherence, [Some(1.0), Some(0.5), Some(1.0), None]);
+        assert_eq!(r.adherence_all_so_far, [Some(1.0), Some(0.5), Some(0.0), None]);
+        assert_eq!(r.by_instruction["capitals"], [Some(1.0), Some(0.0), Some(1.0), None]);
+        assert_eq!(r.task_helpfulness, Some(1.0));
+        assert!(r.markdown("x").contains("| 2 | 0.50 | 0.50 |"));
+    }
+
+    #[test]
+    fn the_window_keeps_the_first_turn() {
+        let c = Convo { key: "k".into(), system: Some("Style: capitals".into()), users: (0..5).map(|i| format!("u{i}")).collect(), seed: 0 };
+        let answers: Vec<String> = (0..4).map(|i| format!("a{i}")).collect();
+        let text = |dropped| messages_upto(&c, &answers, 4, dropped).iter().map(|m| m.content.clone()).collect::<Vec<_>>().join(" ");
+        assert_eq!(text(0), "Style: capitals u0 a0 u1 a1 u2 a2 u3 a3 u4");
+        assert_eq!(text(2), "Style: capitals u0 a0 u3 a3 u4");
+        assert_eq!(text(3), "Style: capitals u0 a0 u4");
+    }
+}
