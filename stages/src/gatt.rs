@@ -77,20 +77,16 @@ impl Stage for Gatt {
             ParamSpec::str("loss_turns", Some("last"), "\"last\": loss on the final assistant turn only (the paper's zeroed earlier turns); \"all\": every assistant turn"),
             ParamSpec::bool("repair", Some(true), "rewrite sampled answers that break the instruction so they obey (else drop dialogues whose final answer breaks it)"),
             ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
-            ParamSpec::int("seq_len", 2, 1 << 20, Some(512), "tokens per packed row: at least the longest dialogue, or its last turn loses its context"),
-            ParamSpec::int("batch_size", 1, 1 << 20, Some(4), "packed rows per micro-batch"),
-            ParamSpec::int("grad_accum", 1, 1 << 20, Some(1), "micro-batches per optimiser step"),
-            ParamSpec::int("epochs", 0, 1 << 20, Some(2), "passes over the dialogues (used when max_steps = 0)"),
-            ParamSpec::int("max_steps", 0, i64::MAX, Some(0), "optimiser steps; 0 = as many as `epochs` needs"),
-            ParamSpec::float("lr", 0.0, 10.0, Some(3e-4), "peak learning rate"),
-            ParamSpec::int("warmup_steps", 0, i64::MAX, Some(5), "linear warm-up steps"),
-            ParamSpec::str("schedule", Some("cosine"), "\"cosine\" (to min_lr_ratio × lr) or \"constant\" after warm-up"),
-            ParamSpec::float("min_lr_ratio", 0.0, 1.0, Some(0.1), "cosine floor as a fraction of lr"),
-            ParamSpec::float("weight_decay", 0.0, 10.0, Some(0.1), "AdamW decoupled weight decay (not on norms)"),
-            ParamSpec::float("clip", 0.0, 1e6, Some(1.0), "global gradient-norm clip; 0 = none"),
-            ParamSpec::int("shards", 1, 1024, Some(2), "concurrent row shards per micro-batch (as sft)"),
-            ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints; 0 = none"),
         ]
+        .into_iter()
+        .chain(crate::sft::train_param_specs(crate::sft::TrainDefaults {
+            seq_len: 512,
+            seq_len_doc: "tokens per packed row: at least the longest dialogue, or its last turn loses its context",
+            batch_size: 4,
+            epochs: 2,
+            warmup_steps: 5,
+        }))
+        .collect()
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
         let p = ctx.params;

@@ -54,22 +54,14 @@ impl Stage for Sft {
             ParamSpec::int("intermediate_size", 8, 1 << 20, Some(344), "random init: SwiGLU width"),
             ParamSpec::int("max_seq_len", 16, 1 << 20, Some(512), "random init: positions the model supports"),
             ParamSpec::bool("tie_embeddings", Some(false), "random init: share the input embedding and the LM head"),
-            ParamSpec::int("seq_len", 2, 1 << 20, Some(128), "tokens per packed row"),
-            ParamSpec::int("batch_size", 1, 1 << 20, Some(8), "packed rows per micro-batch"),
-            ParamSpec::int("grad_accum", 1, 1 << 20, Some(1), "micro-batches per optimiser step"),
-            ParamSpec::int("epochs", 0, 1 << 20, Some(1), "passes over the data (used when max_steps = 0)"),
-            ParamSpec::int("max_steps", 0, i64::MAX, Some(0), "optimiser steps; 0 = as many as `epochs` needs"),
-            ParamSpec::float("lr", 0.0, 10.0, Some(3e-4), "peak learning rate"),
-            ParamSpec::int("warmup_steps", 0, i64::MAX, Some(10), "linear warm-up steps"),
-            ParamSpec::str("schedule", Some("cosine"), "\"cosine\" (to min_lr_ratio × lr) or \"constant\" after warm-up"),
-            ParamSpec::float("min_lr_ratio", 0.0, 1.0, Some(0.1), "cosine floor as a fraction of lr (Llama 2: 0.1)"),
-            ParamSpec::float("weight_decay", 0.0, 10.0, Some(0.1), "AdamW decoupled weight decay (not on norms)"),
-            ParamSpec::float("clip", 0.0, 1e6, Some(1.0), "global gradient-norm clip; 0 = none"),
-            ParamSpec::int("shards", 1, 1024, Some(2), "each micro-batch's rows are split into this many shards whose passes run concurrently (gradients summed in order); changes results only by float summation order, and never depends on the thread count"),
-            ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints, kept in the runtime's scratch directory so a killed run resumes; 0 = none"),
+        ]
+        .into_iter()
+        .chain(train_param_specs(TrainDefaults { seq_len: 128, seq_len_doc: "tokens per packed row", batch_size: 8, epochs: 1, warmup_steps: 10 }))
+        .chain([
             ParamSpec::str("messages_column", Some("messages"), "the chat column"),
             ParamSpec::str("text_column", Some("text"), "the text column (pretraining data)"),
-        ]
+        ])
+        .collect()
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
         let p = ctx.params;
@@ -124,6 +116,35 @@ impl Stage for Sft {
 }
 
 /// The training configuration from the parameters.
+/// The defaults that differ between the stages that train with [`train_param_specs`].
+pub(crate) struct TrainDefaults {
+    pub seq_len: i64,
+    pub seq_len_doc: &'static str,
+    pub batch_size: i64,
+    pub epochs: i64,
+    pub warmup_steps: i64,
+}
+
+/// The training parameters [`train_config`] reads (and `checkpoint_every`), declared once for
+/// every stage that runs the shared training loop (sft, gatt).
+pub(crate) fn train_param_specs(d: TrainDefaults) -> Vec<ParamSpec> {
+    vec![
+        ParamSpec::int("seq_len", 2, 1 << 20, Some(d.seq_len), d.seq_len_doc),
+        ParamSpec::int("batch_size", 1, 1 << 20, Some(d.batch_size), "packed rows per micro-batch"),
+        ParamSpec::int("grad_accum", 1, 1 << 20, Some(1), "micro-batches per optimiser step"),
+        ParamSpec::int("epochs", 0, 1 << 20, Some(d.epochs), "passes over the data (used when max_steps = 0)"),
+        ParamSpec::int("max_steps", 0, i64::MAX, Some(0), "optimiser steps; 0 = as many as `epochs` needs"),
+        ParamSpec::float("lr", 0.0, 10.0, Some(3e-4), "peak learning rate"),
+        ParamSpec::int("warmup_steps", 0, i64::MAX, Some(d.warmup_steps), "linear warm-up steps"),
+        ParamSpec::str("schedule", Some("cosine"), "\"cosine\" (to min_lr_ratio × lr) or \"constant\" after warm-up"),
+        ParamSpec::float("min_lr_ratio", 0.0, 1.0, Some(0.1), "cosine floor as a fraction of lr (Llama 2: 0.1)"),
+        ParamSpec::float("weight_decay", 0.0, 10.0, Some(0.1), "AdamW decoupled weight decay (not on norms)"),
+        ParamSpec::float("clip", 0.0, 1e6, Some(1.0), "global gradient-norm clip; 0 = none"),
+        ParamSpec::int("shards", 1, 1024, Some(2), "each micro-batch's rows are split into this many shards whose passes run concurrently (gradients summed in order); changes results only by float summation order, and never depends on the thread count"),
+        ParamSpec::int("checkpoint_every", 0, i64::MAX, Some(0), "steps between resumable checkpoints, kept in the runtime's scratch directory so a killed run resumes; 0 = none"),
+    ]
+}
+
 pub(crate) fn train_config(ctx: &RunCtx<'_>, separator: Option<u32>) -> Result<TrainConfig, StageError> {
     let p = ctx.params;
     let u = |name: &str| p.int(name).map(|v| v as usize);
