@@ -39,14 +39,7 @@ extern "C" __global__ void attn_fwd_simple(bf16* out, float* lse, const bf16* qk
         p[j] = s;
         m = fmaxf(m, s);
     }
-    m = block_max(m, red);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        float e = __expf(p[j] - m);
-        p[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, red);
+    float sum = block_softmax_numerators(p, len, m, red);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
         for (int j = 0; j < len; ++j) o += p[j] * bf2f(qkv[(i64)(rs + j) * stride + (hq + hkv) * hd + kvh * hd + d]);
@@ -143,6 +136,23 @@ extern "C" __global__ void attn_bwd_dkdv_simple(bf16* dqkv, const bf16* dout, co
 #define BM 64
 #define PAD 8
 
+// acc (16 x HD) += C · M: C is the 16 x 64 accumulator of the previous product (rounded to
+// bf16 as the A operand), M a 64 x HD tile in shared memory (rows of HD + PAD).
+template <int HD, bool LDSM>
+__device__ __forceinline__ void mma_acc_tile(float (*acc)[4], const float (*c)[4], const bf16* m) {
+#pragma unroll
+    for (int kb = 0; kb < 4; ++kb) {
+        u32 a[4];
+        c_to_a(a, c, kb);
+#pragma unroll
+        for (int dn = 0; dn < HD / 8; ++dn) {
+            u32 b0, b1;
+            frag_b_kn<LDSM>(b0, b1, m, HD + PAD, kb * 16, dn * 8);
+            mma16816(acc[dn], a, b0, b1);
+        }
+    }
+}
+
 template <int HD>
 __device__ void load_tile(bf16* dst, const bf16* src, int stride, int col, int tok0, int valid) {
     // dst[64][HD+PAD] <- src rows tok0.. (zeros past `valid` rows), 4 bytes per thread and step.
@@ -233,17 +243,7 @@ __device__ void attn_fwd_mma(bf16* out, float* lse, const bf16* qkv, const int* 
             o[dn][0] *= alpha[0]; o[dn][1] *= alpha[0];
             o[dn][2] *= alpha[1]; o[dn][3] *= alpha[1];
         }
-#pragma unroll
-        for (int kb = 0; kb < 4; ++kb) {
-            u32 pa[4];
-            c_to_a(pa, s, kb);
-#pragma unroll
-            for (int dn = 0; dn < HD / 8; ++dn) {
-                u32 b0, b1;
-                frag_b_kn<LDSM>(b0, b1, Vs, HD + PAD, kb * 16, dn * 8);
-                mma16816(o[dn], pa, b0, b1);
-            }
-        }
+        mma_acc_tile<HD, LDSM>(o, s, Vs);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -331,7 +331,9 @@ __device__ void attn_bwd_dkdv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv,
                     st[nt][e] = p;
                     dp[nt][e] = p * (dp[nt][e] - Ds[qc]);
                 }
-            // dV += Pᵀ dO and dK += dSᵀ Q (k-dimension: the 64 queries).
+            // dV += Pᵀ dO and dK += dSᵀ Q (k-dimension: the 64 queries). The two products stay
+            // interleaved in one loop rather than two mma_acc_tile calls: split, ptxas gave the
+            // ldmatrix build 248 registers instead of 220.
 #pragma unroll
             for (int kb = 0; kb < 4; ++kb) {
                 u32 pa[4], sa[4];
@@ -426,17 +428,7 @@ __device__ void attn_bwd_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, c
                 float p = (qi[r] < len && kj <= qi[r]) ? exp2f(s[nt][e] * c2 - L[r]) : 0.f;
                 s[nt][e] = p * (dp[nt][e] - D[r]);
             }
-#pragma unroll
-        for (int kb = 0; kb < 4; ++kb) {
-            u32 sa[4];
-            c_to_a(sa, s, kb);
-#pragma unroll
-            for (int dn = 0; dn < HD / 8; ++dn) {
-                u32 b0, b1;
-                frag_b_kn<LDSM>(b0, b1, Ks, HD + PAD, kb * 16, dn * 8);
-                mma16816(dq[dn], sa, b0, b1);
-            }
-        }
+        mma_acc_tile<HD, LDSM>(dq, s, Ks);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

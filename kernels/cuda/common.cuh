@@ -34,16 +34,18 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024) in a fixed order, so results
-// are bit-identical run to run. `sh` holds 32 floats of shared memory.
-__device__ float block_sum(float v, float* sh) {
+// Sum (MAX = false) or maximum (MAX = true) over the block (blockDim.x a multiple of 32, at
+// most 1024) in a fixed order, so results are bit-identical run to run. `sh` holds 32 floats
+// of shared memory.
+template <bool MAX>
+__device__ float block_reduce(float v, float* sh) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = MAX ? warp_max(v) : warp_sum(v);
     __syncthreads();
     if (lane == 0) sh[w] = v;
     __syncthreads();
-    v = (threadIdx.x < nw) ? sh[threadIdx.x] : 0.f;
-    if (w == 0) v = warp_sum(v);
+    v = (threadIdx.x < nw) ? sh[threadIdx.x] : (MAX ? NEG_INF : 0.f);
+    if (w == 0) v = MAX ? warp_max(v) : warp_sum(v);
     if (threadIdx.x == 0) sh[0] = v;
     __syncthreads();
     float r = sh[0];
@@ -51,19 +53,21 @@ __device__ float block_sum(float v, float* sh) {
     return r;
 }
 
-__device__ float block_max(float v, float* sh) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    v = (threadIdx.x < nw) ? sh[threadIdx.x] : NEG_INF;
-    if (w == 0) v = warp_max(v);
-    if (threadIdx.x == 0) sh[0] = v;
-    __syncthreads();
-    float r = sh[0];
-    __syncthreads();
-    return r;
+__device__ __forceinline__ float block_sum(float v, float* sh) { return block_reduce<false>(v, sh); }
+__device__ __forceinline__ float block_max(float v, float* sh) { return block_reduce<true>(v, sh); }
+
+// Softmax numerators in place over p[0..len) (scores, one block): p[j] = exp(p[j] - max).
+// `m` is this thread's running max of its own scores on entry and the block's max on return;
+// returns the sum of the numerators.
+__device__ float block_softmax_numerators(float* p, int len, float& m, float* sh) {
+    m = block_max(m, sh);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+        float e = __expf(p[j] - m);
+        p[j] = e;
+        sum += e;
+    }
+    return block_sum(sum, sh);
 }
 
 // D = A·B + D on the tensor cores: A 16x16 (row), B 16x8 (col), bf16 in, f32 accumulate.

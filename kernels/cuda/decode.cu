@@ -42,14 +42,7 @@ extern "C" __global__ void decode_attn(bf16* out, const bf16* qkv, const bf16* k
         p[j] = s;
         m = fmaxf(m, s);
     }
-    m = block_max(m, red);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        float e = __expf(p[j] - m);
-        p[j] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, red);
+    float sum = block_softmax_numerators(p, len, m, red);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
         for (int j = 0; j < len; ++j) o += p[j] * bf2f(vr[(i64)j * kvd + d]);
