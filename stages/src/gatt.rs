@@ -36,13 +36,12 @@ use datasets::schema::ChatMessage;
 use datasets::world::{dialogue_rows, DialogueRow};
 use graph::{ArtifactType, ParamSpec, Port, RunCtx, Stage, StageError};
 use kernels::chat::{ChatTemplate, Message};
-use kernels::checkpoint::SaveDtype;
 use kernels::model::Llama;
 use kernels::model_dir::ModelDir;
 
 use crate::common::{read_input_table, write_output_table};
 use crate::dialogue::{dialogue_seed, Convo, Roller};
-use crate::train::{train, write_loss_curve, Example, RunOptions};
+use crate::train::Example;
 
 pub struct Gatt;
 
@@ -182,42 +181,13 @@ impl Stage for Gatt {
         }
         let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
 
-        // 5. Fine-tune with the shared loop.
-        let separator = model.config.eos_token_ids.first().copied().or_else(|| tok.token_to_id("</s>"));
-        let cfg = crate::sft::train_config(ctx, separator)?;
-        let opts = RunOptions {
-            checkpoint_dir: crate::sft::checkpoint_dir(ctx),
-            checkpoint_every: p.int("checkpoint_every")? as usize,
-            stop_after: None,
-            label: ctx.instance.to_string(),
-            progress: true,
-        };
-        let t1 = std::time::Instant::now();
-        let outcome = train(&mut model, &examples, &cfg, &opts).map_err(|e| StageError::wrap("training", e))?;
-        let train_seconds = t1.elapsed().as_secs_f64();
-        let out = ctx.output("model")?.to_path_buf();
+        // 5. Fine-tune with the shared loop; the model output as sft writes it.
         let chat = md.chat.clone().unwrap_or(ChatTemplate::Llama2);
-        let dir = ModelDir { config: model.config.clone(), tensors: model.to_tensors(), tokenizer: Some(tok), chat: Some(chat) };
-        dir.save(&out, SaveDtype::F32).map_err(|e| StageError::wrap("saving the model", e))?;
-        write_loss_curve(&out, &outcome.curve).map_err(|source| StageError::Io { path: out.clone(), source })?;
-        let scored: usize = examples.iter().map(|e| e.mask.iter().filter(|m| **m).count()).sum();
+        let crate::sft::Trained { cfg, out } = crate::sft::train_and_save(ctx, &mut model, &examples, tok, chat, "gatt")?;
         let write_json = |name: &str, v: serde_json::Value| {
             let path = out.join(name);
             std::fs::write(&path, serde_json::to_vec_pretty(&v).expect("json")).map_err(|source| StageError::Io { path, source })
         };
-        write_json(
-            "train_summary.json",
-            serde_json::json!({
-                "mode": "gatt",
-                "examples": examples.len(),
-                "scored_tokens_per_epoch": scored,
-                "rows_per_epoch": outcome.rows_per_epoch,
-                "steps": outcome.total_steps,
-                "parameters": model.num_parameters(),
-                "final_loss": outcome.curve.last().map(|l| l.loss),
-                "seconds": train_seconds,
-            }),
-        )?;
         write_json(
             "gatt_summary.json",
             serde_json::json!({

@@ -20,7 +20,7 @@ use kernels::model_dir::ModelDir;
 use kernels::tokenizer::Tokenizer;
 
 use crate::common::{read_input_table, tokenizer_file};
-use crate::train::{examples_from_table, train, write_loss_curve, Columns, LossMode, RunOptions, Schedule, TrainConfig};
+use crate::train::{examples_from_table, train, write_loss_curve, Columns, Example, LossMode, RunOptions, Schedule, TrainConfig};
 
 pub struct Sft;
 
@@ -83,39 +83,56 @@ impl Stage for Sft {
         let table = read_input_table(ctx, "data")?;
         let cols = Columns { messages: p.str("messages_column")?.to_string(), text: p.str("text_column")?.to_string() };
         let examples = examples_from_table(&table, &cols, Some(&tok), &template, mode, "data").map_err(|e| StageError::wrap("building examples", e))?;
-        let separator = model.config.eos_token_ids.first().copied().or_else(|| tok.token_to_id("</s>"));
-        let cfg = train_config(ctx, separator)?;
-        let opts = RunOptions {
-            checkpoint_dir: checkpoint_dir(ctx),
-            checkpoint_every: p.int("checkpoint_every")? as usize,
-            stop_after: None,
-            label: ctx.instance.to_string(),
-            progress: true,
-        };
-        let t0 = std::time::Instant::now();
-        let outcome = train(&mut model, &examples, &cfg, &opts).map_err(|e| StageError::wrap("training", e))?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let out = ctx.output("model")?.to_path_buf();
-        let dir = ModelDir { config: model.config.clone(), tensors: model.to_tensors(), tokenizer: Some(tok), chat: Some(chat) };
-        dir.save(&out, SaveDtype::F32).map_err(|e| StageError::wrap("saving the model", e))?;
-        write_loss_curve(&out, &outcome.curve).map_err(|source| StageError::Io { path: out.clone(), source })?;
-        let scored: usize = examples.iter().map(|e| e.mask.iter().filter(|m| **m).count()).sum();
-        let summary = serde_json::json!({
-            "mode": p.str("mode")?,
-            "examples": examples.len(),
-            "scored_tokens_per_epoch": scored,
-            "rows_per_epoch": outcome.rows_per_epoch,
-            "steps": outcome.total_steps,
-            "parameters": model.num_parameters(),
-            "final_loss": outcome.curve.last().map(|l| l.loss),
-            "seconds": seconds,
-        });
-        let path = out.join("train_summary.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json")).map_err(|source| StageError::Io { path, source })
+        train_and_save(ctx, &mut model, &examples, tok, chat, p.str("mode")?)?;
+        Ok(())
     }
 }
 
-/// The training configuration from the parameters.
+/// What [`train_and_save`] did.
+pub(crate) struct Trained {
+    pub cfg: TrainConfig,
+    /// The `model` output directory.
+    pub out: PathBuf,
+}
+
+/// The shared end of every training stage (sft, gatt): trains `model` on `examples` with the
+/// parameters of [`train_param_specs`] (resumable through the scratch directory), then writes
+/// the `model` output: the HF-layout directory with `tok` and `chat`, the loss curve, and
+/// train_summary.json (`mode` names the stage's kind of training).
+pub(crate) fn train_and_save(ctx: &RunCtx<'_>, model: &mut Llama, examples: &[Example], tok: Tokenizer, chat: ChatTemplate, mode: &str) -> Result<Trained, StageError> {
+    let p = ctx.params;
+    let separator = model.config.eos_token_ids.first().copied().or_else(|| tok.token_to_id("</s>"));
+    let cfg = train_config(ctx, separator)?;
+    let opts = RunOptions {
+        checkpoint_dir: checkpoint_dir(ctx),
+        checkpoint_every: p.int("checkpoint_every")? as usize,
+        stop_after: None,
+        label: ctx.instance.to_string(),
+        progress: true,
+    };
+    let t0 = std::time::Instant::now();
+    let outcome = train(model, examples, &cfg, &opts).map_err(|e| StageError::wrap("training", e))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let out = ctx.output("model")?.to_path_buf();
+    let dir = ModelDir { config: model.config.clone(), tensors: model.to_tensors(), tokenizer: Some(tok), chat: Some(chat) };
+    dir.save(&out, SaveDtype::F32).map_err(|e| StageError::wrap("saving the model", e))?;
+    write_loss_curve(&out, &outcome.curve).map_err(|source| StageError::Io { path: out.clone(), source })?;
+    let scored: usize = examples.iter().map(|e| e.mask.iter().filter(|m| **m).count()).sum();
+    let summary = serde_json::json!({
+        "mode": mode,
+        "examples": examples.len(),
+        "scored_tokens_per_epoch": scored,
+        "rows_per_epoch": outcome.rows_per_epoch,
+        "steps": outcome.total_steps,
+        "parameters": model.num_parameters(),
+        "final_loss": outcome.curve.last().map(|l| l.loss),
+        "seconds": seconds,
+    });
+    let path = out.join("train_summary.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json")).map_err(|source| StageError::Io { path, source })?;
+    Ok(Trained { cfg, out })
+}
+
 /// The defaults that differ between the stages that train with [`train_param_specs`].
 pub(crate) struct TrainDefaults {
     pub seq_len: i64,
@@ -145,6 +162,7 @@ pub(crate) fn train_param_specs(d: TrainDefaults) -> Vec<ParamSpec> {
     ]
 }
 
+/// The training configuration from the parameters.
 pub(crate) fn train_config(ctx: &RunCtx<'_>, separator: Option<u32>) -> Result<TrainConfig, StageError> {
     let p = ctx.params;
     let u = |name: &str| p.int(name).map(|v| v as usize);
