@@ -52,6 +52,21 @@ pub fn datasheet_bf16_tflops(name: &str) -> Option<f64> {
     }
 }
 
+/// The shortest of 10 synchronised runs of `op`, after 3 warm-up runs.
+fn best_seconds(gpu: &Gpu, mut op: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+    let mut best = f64::INFINITY;
+    for i in 0..13 {
+        gpu.sync()?;
+        let t0 = Instant::now();
+        op()?;
+        gpu.sync()?;
+        if i >= 3 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(best)
+}
+
 /// TFLOP/s of a square bf16 product (f32 accumulate) of size n on the device, best of 10.
 pub fn gemm_peak_tflops(gpu: &Gpu, n: usize) -> Result<f64, CudaError> {
     let mut rng = Rng::new(3);
@@ -59,16 +74,7 @@ pub fn gemm_peak_tflops(gpu: &Gpu, n: usize) -> Result<f64, CudaError> {
     let a = gpu.upload(&host)?;
     let b = gpu.upload(&host)?;
     let c = gpu.zeros::<u16>(n * n)?;
-    let mut best = f64::INFINITY;
-    for i in 0..13 {
-        gpu.sync()?;
-        let t0 = Instant::now();
-        gpu.gemm(dptr(&c), false, dptr(&a), false, dptr(&b), true, n, n, n, 0.0)?;
-        gpu.sync()?;
-        if i >= 3 {
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
-    }
+    let best = best_seconds(gpu, || gpu.gemm(dptr(&c), false, dptr(&a), false, dptr(&b), true, n, n, n, 0.0))?;
     Ok(2.0 * (n as f64).powi(3) / best / 1e12)
 }
 
@@ -153,16 +159,7 @@ pub fn copy_bandwidth_gb_s(gpu: &Gpu) -> Result<f64, CudaError> {
     let n = 1usize << 28; // f32s
     let a = gpu.zeros::<f32>(n)?;
     let b = gpu.zeros::<f32>(n)?;
-    let mut best = f64::INFINITY;
-    for i in 0..13 {
-        gpu.sync()?;
-        let t0 = Instant::now();
-        gpu.copy::<f32>(dptr(&b), dptr(&a), n)?;
-        gpu.sync()?;
-        if i >= 3 {
-            best = best.min(t0.elapsed().as_secs_f64());
-        }
-    }
+    let best = best_seconds(gpu, || gpu.copy::<f32>(dptr(&b), dptr(&a), n))?;
     Ok(2.0 * (n * 4) as f64 / best / 1e9)
 }
 
