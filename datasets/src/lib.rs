@@ -6,6 +6,7 @@
 
 pub mod annotate;
 pub mod error;
+pub mod human;
 pub mod judge;
 pub mod schema;
 pub mod table;
