@@ -12,6 +12,7 @@
 //!   a refused request changes nothing;
 //! - `GET /api/progress` `{"done", "remaining", "total"}`.
 
+pub mod client;
 mod page;
 pub mod store;
 

@@ -54,6 +54,8 @@ pub struct Store {
     /// Every row of the table, including answers to pairs not served now (other rounds).
     answers: BTreeMap<String, AnswerRow>,
     leases: HashMap<String, (String, Instant)>,
+    /// How many of `pairs` are answered.
+    done: usize,
     _lock: File,
 }
 
@@ -75,14 +77,14 @@ impl Store {
                 return Err(AnnotateError::Io { path: lock_path, op: "lock", source });
             }
         }
-        let answers = read_answers(path)?.into_iter().map(|a| (a.pair_id.clone(), a)).collect();
+        let answers: BTreeMap<String, AnswerRow> = read_answers(path)?.into_iter().map(|a| (a.pair_id.clone(), a)).collect();
         let index = pairs.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
-        Ok(Store { path: path.to_path_buf(), pairs, index, answers, leases: HashMap::new(), _lock: lock })
+        let done = pairs.iter().filter(|p| answers.contains_key(&p.id)).count();
+        Ok(Store { path: path.to_path_buf(), pairs, index, answers, leases: HashMap::new(), done, _lock: lock })
     }
 
     pub fn progress(&self) -> Progress {
-        let done = self.pairs.iter().filter(|p| self.answers.contains_key(&p.id)).count();
-        Progress { done, remaining: self.pairs.len() - done, total: self.pairs.len() }
+        Progress { done: self.done, remaining: self.pairs.len() - self.done, total: self.pairs.len() }
     }
 
     /// The next pair for `client`: the first unanswered pair not in `skip` that no other client
@@ -132,6 +134,7 @@ impl Store {
             return Err(SubmitError::Write(e));
         }
         self.leases.remove(&a.pair_id);
+        self.done += 1;
         Ok(self.progress())
     }
 }
