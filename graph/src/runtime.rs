@@ -275,6 +275,7 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
 fn record_run(plan: &Plan, registry: &Registry, store: &Store, report: &RunReport) -> Result<(), StoreError> {
     let mut record = store.last_run(&plan.pipeline.name).unwrap_or_default();
     record.pipeline = plan.pipeline.name.clone();
+    let status: std::collections::HashMap<&str, Status> = report.stages.iter().map(|s| (s.name.as_str(), s.status)).collect();
     let ok: std::collections::HashSet<&str> = report.stages.iter().filter(|s| s.status.ok()).map(|s| s.name.as_str()).collect();
     // Instances that no longer exist (renamed stages, fewer rounds) are dropped.
     let names: std::collections::HashSet<&str> = plan.instances.iter().map(|i| i.name.as_str()).collect();
@@ -287,8 +288,21 @@ fn record_run(plan: &Plan, registry: &Registry, store: &Store, report: &RunRepor
             .unwrap_or_default();
         record.instances.insert(
             inst.name.clone(),
-            InstanceRecord { stage: decl.name.clone(), round: inst.round, fingerprint: inst.fingerprint.clone(), inputs: inst.record.clone(), outputs },
+            InstanceRecord {
+                stage: decl.name.clone(),
+                round: inst.round,
+                fingerprint: inst.fingerprint.clone(),
+                inputs: inst.record.clone(),
+                outputs,
+                status: status.get(inst.name.as_str()).map(|s| s.name().to_string()),
+            },
         );
+    }
+    // An instance this run did not produce keeps its earlier record, marked failed or skipped.
+    for (name, r) in record.instances.iter_mut().filter(|(n, _)| !ok.contains(n.as_str())) {
+        if let Some(s) = status.get(name.as_str()) {
+            r.status = Some(s.name().to_string());
+        }
     }
     store.write_run(&record)
 }

@@ -83,6 +83,11 @@ pub struct InstanceRecord {
     pub inputs: FpRecord,
     /// Output name -> artifact type name.
     pub outputs: BTreeMap<String, String>,
+    /// What the run that last recorded this instance did with it: `ran`, `cached` or
+    /// `partial`; `failed` or `skipped` when the last run did not produce it (the fingerprint
+    /// and outputs are then an earlier run's). Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// A workspace directory.
