@@ -4,6 +4,7 @@
 //! a tensor or an Arrow array: artifacts are directories, rows are (key, hash) pairs and bytes.
 
 pub mod check;
+pub mod cluster;
 pub mod diag;
 pub mod explain;
 pub mod fingerprint;
@@ -16,6 +17,7 @@ pub mod stage;
 pub mod store;
 
 pub use check::{check, Pipeline, Ref};
+pub use cluster::{ClusterConfig, ClusterError, Collective, Solo};
 pub use diag::Diagnostic;
 pub use explain::{explain, PlanEntry};
 pub use params::{ParamSpec, ParamType, ParamValue, Params};

@@ -18,6 +18,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Probe;
 
+use crate::cluster::{Collective, Solo};
 use crate::fingerprint::{derive_u64, row_seed};
 use crate::stage::{RowEngine, RowFn, RowId, RowStats, RowTask, StageError};
 use crate::store::Store;
@@ -40,11 +41,20 @@ pub struct MemoRowEngine<'a> {
     pub progress: Option<RowProgress>,
     /// Distinguishes several `map_rows` calls of one stage run in the memo.
     calls: AtomicU64,
+    /// The processes of a cluster run (each computes the rows of its workers; results are
+    /// all-gathered); [`Solo`] otherwise.
+    pub collective: Arc<dyn Collective>,
 }
 
 impl<'a> MemoRowEngine<'a> {
     pub fn new(store: &'a Store, memo_key: Option<String>, seed: u64, round: u32, workers: usize, progress: Option<RowProgress>) -> Self {
-        MemoRowEngine { store, memo_key, seed, round, workers: workers.max(1), progress, calls: AtomicU64::new(0) }
+        MemoRowEngine { store, memo_key, seed, round, workers: workers.max(1), progress, calls: AtomicU64::new(0), collective: Arc::new(Solo) }
+    }
+
+    /// Splits rows over the processes of a cluster run too.
+    pub fn with_collective(mut self, c: Arc<dyn Collective>) -> Self {
+        self.collective = c;
+        self
     }
 }
 
@@ -57,7 +67,25 @@ impl RowEngine for MemoRowEngine<'_> {
             None => HashMap::new(),
         };
         let hits: Vec<RowId> = rows.iter().filter(|r| memo.contains_key(*r)).cloned().collect();
-        let computed = compute_misses(rows, &hits, f, self.seed, self.round, self.workers, self.progress.clone())?;
+        let share = Share { process: self.collective.process(), processes: self.collective.processes() };
+        let computed = compute_misses_shared(rows, &hits, f, self.seed, self.round, self.workers, share, self.progress.clone());
+        let computed = if share.processes > 1 {
+            // Every process gets every process's results (or the first error, in process order).
+            let parts = self.collective.all_gather(encode_results(&computed))?;
+            // A local error is returned as is; the other processes see it through the gather.
+            let mut all = computed?;
+            for (p, bytes) in parts.iter().enumerate().filter(|(p, _)| *p != share.process) {
+                match decode_results(bytes) {
+                    Some(Ok(mut v)) => all.append(&mut v),
+                    Some(Err(m)) => return Err(StageError::Message(format!("process {p}: {m}"))),
+                    None => return Err(StageError::Message(format!("process {p} sent malformed row results"))),
+                }
+            }
+            all.sort_by_key(|(i, _)| *i);
+            all
+        } else {
+            computed?
+        };
 
         let mut out: Vec<Option<Vec<u8>>> = rows.iter().map(|r| memo.get(r).cloned()).collect();
         let mut fresh = Vec::with_capacity(computed.len());
@@ -77,7 +105,8 @@ impl RowEngine for MemoRowEngine<'_> {
             .zip(out.iter())
             .map(|(r, o)| o.clone().or_else(|| by_id.get(r).cloned()).ok_or_else(|| StageError::Row { key: r.key.clone(), message: "no result computed".into() }))
             .collect::<Result<_, _>>()?;
-        if let Some(k) = &key {
+        // In a cluster run only process 0 writes (every process holds the same results).
+        if let Some(k) = key.as_ref().filter(|_| self.collective.process() == 0) {
             self.store.add_memo(k, &fresh).map_err(|e| StageError::wrap("writing the row memo", e))?;
         }
         let computed = fresh.len() as u64;
@@ -89,6 +118,57 @@ impl RowEngine for MemoRowEngine<'_> {
 /// Routes a row to a worker by a stable hash of its key.
 fn route(key: &str) -> u64 {
     derive_u64(&[b"row-route", key.as_bytes()])
+}
+
+/// Which process this is, of how many. With W workers per process the global worker of a row
+/// is `route(key) % (processes·W)`; a process computes the rows of its own W workers.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub process: usize,
+    pub processes: usize,
+}
+
+/// The results of one process (or its error) as bytes for the all-gather.
+fn encode_results(r: &Result<Vec<(usize, Vec<u8>)>, StageError>) -> Vec<u8> {
+    let mut out = Vec::new();
+    match r {
+        Ok(v) => {
+            out.push(0u8);
+            out.extend((v.len() as u64).to_le_bytes());
+            for (i, b) in v {
+                out.extend((*i as u64).to_le_bytes());
+                out.extend((b.len() as u64).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+        Err(e) => {
+            out.push(1u8);
+            out.extend(e.to_string().into_bytes());
+        }
+    }
+    out
+}
+
+fn decode_results(b: &[u8]) -> Option<Result<Vec<(usize, Vec<u8>)>, String>> {
+    let (&tag, mut rest) = b.split_first()?;
+    if tag == 1 {
+        return Some(Err(String::from_utf8_lossy(rest).into_owned()));
+    }
+    let u64_at = |rest: &mut &[u8]| -> Option<u64> {
+        let (h, t) = rest.split_at_checked(8)?;
+        *rest = t;
+        Some(u64::from_le_bytes(h.try_into().ok()?))
+    };
+    let n = u64_at(&mut rest)?;
+    let mut v = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let i = u64_at(&mut rest)? as usize;
+        let len = u64_at(&mut rest)? as usize;
+        let (body, t) = rest.split_at_checked(len)?;
+        rest = t;
+        v.push((i, body.to_vec()));
+    }
+    rest.is_empty().then_some(Ok(v))
 }
 
 type Key = (String, [u8; 32]);
@@ -104,7 +184,28 @@ pub fn compute_misses(
     workers: usize,
     progress: Option<RowProgress>,
 ) -> Result<Vec<(usize, Vec<u8>)>, StageError> {
-    let rows: Arc<Vec<(Key, usize)>> = Arc::new(rows.iter().enumerate().map(|(i, r)| ((r.key.clone(), r.hash), i)).collect());
+    compute_misses_shared(rows, memo, f, seed, round, workers, Share { process: 0, processes: 1 }, progress)
+}
+
+/// [`compute_misses`] for one process of a cluster run: only the rows whose global worker
+/// (`route(key) % (processes·workers)`) belongs to this process.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_misses_shared(
+    rows: &[RowId],
+    memo: &[RowId],
+    f: Arc<dyn RowFn>,
+    seed: u64,
+    round: u32,
+    workers: usize,
+    share: Share,
+    progress: Option<RowProgress>,
+) -> Result<Vec<(usize, Vec<u8>)>, StageError> {
+    let workers = workers.max(1);
+    let global = (share.processes.max(1) * workers) as u64;
+    let global_worker = move |key: &str| route(key) % global;
+    let mine = |key: &str| global_worker(key) / workers as u64 == share.process as u64;
+    let rows: Arc<Vec<(Key, usize)>> =
+        Arc::new(rows.iter().enumerate().filter(|(_, r)| mine(&r.key)).map(|(i, r)| ((r.key.clone(), r.hash), i)).collect());
     let memo: Arc<Vec<Key>> = Arc::new(memo.iter().map(|r| (r.key.clone(), r.hash)).collect());
     let results: Arc<Mutex<Vec<(usize, Vec<u8>)>>> = Arc::default();
     let error: Arc<Mutex<Option<StageError>>> = Arc::default();
@@ -121,7 +222,7 @@ pub fn compute_misses(
             let (memo_in, memo_c) = scope.new_collection::<Key, isize>();
             // Relational glue: rows that have no memo entry. `distinct` makes the memo a set.
             let misses = rows_c.antijoin(memo_c.distinct());
-            let pact = Exchange::new(|u: &((Key, usize), u64, isize)| route(&(u.0).0.0));
+            let pact = Exchange::new(move |u: &((Key, usize), u64, isize)| global_worker(&(u.0).0.0) % workers as u64);
             let stream = misses.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(pact, "ComputeRows", move |cap, _info| {
                 let mut cap = Some(cap);
                 let mut pending: Vec<((Key, usize), isize)> = Vec::new();

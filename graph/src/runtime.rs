@@ -8,21 +8,25 @@
 //! workers (see `rows`). A failed instance fails its downstream instances (skipped); the others
 //! still run.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline as Pipe;
+use timely::dataflow::channels::pact::{Exchange, Pipeline as Pipe};
+use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Concatenate, Probe, ToStream};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concatenate, Inspect, Probe, ToStream};
 use timely::dataflow::Stream;
 use timely::scheduling::Activator;
 
+use crate::cluster::{ClusterConfig, Collective, Mailbox, Msg, Solo, TaggedCollective};
 use crate::plan::Plan;
 use crate::rows::MemoRowEngine;
 use crate::stage::{Registry, Resources, RowStats, RunCtx, StageError};
@@ -37,6 +41,8 @@ pub struct RunOptions {
     pub cpus: u32,
     /// GPU budget shared by concurrently running stages.
     pub gpus: u32,
+    /// This process's place in a cluster run; None for a one-process run.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +146,9 @@ impl Progress for Silent {}
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster could not start, or a worker died (a peer process failed or was killed).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// The shared CPU/GPU budget of the operators of one worker, and who waits for it.
@@ -173,41 +182,134 @@ impl Pool {
     }
 }
 
+/// A status as it travels between workers (broadcast, so every process knows every outcome).
+fn status_code(s: Status) -> u8 {
+    match s {
+        Status::Ran => 0,
+        Status::Cached => 1,
+        Status::Partial => 2,
+        Status::Failed => 3,
+        Status::Skipped => 4,
+    }
+}
+
+fn status_from(code: u8) -> Status {
+    [Status::Ran, Status::Cached, Status::Partial, Status::Failed, Status::Skipped][code.min(4) as usize]
+}
+
 /// Runs `plan`: takes the workspace lock, runs every instance that is not in the store, and
 /// records the run. Stage failures are reported in the result, not as an error.
+///
+/// With `opts.cluster`, this process is one of several (same plan, same workspace on a shared
+/// file system): process 0 takes the lock, runs the stages that are neither row-wise nor
+/// data-parallel, commits every result and records the run; row-wise and data-parallel
+/// instances run on every process, which split their rows (or gradient shards) and
+/// all-gather results over timely. Other processes report what process 0 reported.
 pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, progress: Arc<dyn Progress>) -> Result<RunReport, RunError> {
-    let _lock = store.lock()?;
+    let cluster = opts.cluster.clone().filter(|c| c.processes() > 1);
+    let process = cluster.as_ref().map_or(0, |c| c.process);
+    let _lock = if process == 0 { Some(store.lock()?) } else { None };
     let start = Instant::now();
     let plan = Arc::new(plan.clone());
     let registry = Arc::new(registry.clone());
     let store = Arc::new(store.clone());
     let opts = opts.clone();
+    let threads = if cluster.is_some() { opts.workers.max(1) } else { 1 };
+    let mailbox = cluster.as_ref().map(|c| Mailbox::new(c.process, c.processes()));
+    let mailbox_here = mailbox.clone();
+    let config = match &cluster {
+        None => timely::Config::thread(),
+        Some(c) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster { threads, process: c.process, addresses: c.addresses.clone(), report: false, zerocopy: false },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
+    let park = cluster.as_ref().map(|_| Duration::from_millis(100));
     let (p2, r2, s2, o2, g2) = (plan.clone(), registry.clone(), store.clone(), opts.clone(), progress.clone());
-    let reports = timely::execute_directly(move |worker| {
+    let guards = timely::execute(config, move |worker| {
+        let (p2, r2, s2, o2, g2, mailbox) = (p2.clone(), r2.clone(), s2.clone(), o2.clone(), g2.clone(), mailbox.clone());
         let n = p2.instances.len();
+        // Only the first worker of each process runs stage jobs; the others only take part
+        // in the dataflow's progress (rows and shards use the process's threads).
+        let leader = worker.index() % threads == 0;
         let reports: Rc<RefCell<Vec<Option<StageReport>>>> = Rc::new(RefCell::new(vec![None; n]));
+        let statuses: Rc<RefCell<Vec<Option<u8>>>> = Rc::new(RefCell::new(vec![None; n]));
         let total = Resources { cpus: o2.cpus.max(1), gpus: o2.gpus };
         let pool = Rc::new(RefCell::new(Pool { free: total, total, waiting: Vec::new() }));
-        let probe = worker.dataflow::<u64, _, _>(|scope| {
-            // Each instance's stream carries (instance index, succeeded) once it is finished.
-            let mut streams: Vec<Stream<'_, u64, Vec<(usize, bool)>>> = Vec::with_capacity(n);
+        let closed = Rc::new(Cell::new(false));
+        let closer: Rc<RefCell<Option<Activator>>> = Rc::default();
+        let (mb, closed2, closer2, statuses2, reports2) = (mailbox.clone(), closed.clone(), closer.clone(), statuses.clone(), reports.clone());
+        let (p3, r3, s3, o3, g3) = (p2.clone(), r2.clone(), s2.clone(), o2.clone(), g2.clone());
+        let probe = worker.dataflow::<u64, _, _>(move |scope| {
+            if let Some(mb) = mb.clone() {
+                // The collective: job threads put messages in the mailbox's outbox, this
+                // source sends them, the exchange takes each to its destination process's
+                // first worker, and the sink puts it in that process's mailbox.
+                let (mb_send, mb_recv) = (mb.clone(), mb);
+                let sent = source::<_, CapacityContainerBuilder<Vec<Msg>>, _, _>(scope, "CollectiveSend", move |cap, info| {
+                    if leader {
+                        *mb_send.wake.lock().expect("wake") = Some(scope.worker().sync_activator_for(info.address.to_vec()));
+                    }
+                    *closer2.borrow_mut() = Some(scope.worker().activator_for(info.address.clone()));
+                    let mut cap = Some(cap);
+                    move |output| {
+                        if let Some(c) = cap.as_ref() {
+                            let msgs = mb_send.take_outbox();
+                            if !msgs.is_empty() {
+                                let mut session = output.session(c);
+                                for m in msgs {
+                                    session.give(m);
+                                }
+                            }
+                        }
+                        if closed2.get() {
+                            cap = None;
+                        }
+                    }
+                });
+                sent.sink(Exchange::new(move |m: &Msg| m.0 * threads as u64), "CollectiveRecv", move |(input, _frontier)| {
+                    input.for_each(|_, data| {
+                        for m in data.drain(..) {
+                            mb_recv.deliver(m);
+                        }
+                    });
+                });
+            }
+            // Each instance's stream carries (instance index, status code) once it is finished,
+            // broadcast to every worker.
+            let mut streams: Vec<Stream<'_, u64, Vec<(usize, u8)>>> = Vec::with_capacity(n);
             for idx in 0..n {
-                let input: Stream<'_, u64, Vec<(usize, bool)>> = if p2.instances[idx].deps.is_empty() {
-                    Vec::<(usize, bool)>::new().to_stream(scope)
+                let input: Stream<'_, u64, Vec<(usize, u8)>> = if p2.instances[idx].deps.is_empty() {
+                    Vec::<(usize, u8)>::new().to_stream(scope)
                 } else {
                     scope.concatenate(p2.instances[idx].deps.iter().map(|d| streams[*d].clone()))
                 };
-                let ctx = JobCtx { plan: p2.clone(), registry: r2.clone(), store: s2.clone(), opts: o2.clone(), progress: g2.clone() };
-                let (reports, pool) = (reports.clone(), pool.clone());
-                let out = input.unary_frontier::<CapacityContainerBuilder<Vec<(usize, bool)>>, _, _, _>(Pipe, &p2.instances[idx].name.clone(), move |cap, info| {
+                let ctx = JobCtx { plan: p2.clone(), registry: r2.clone(), store: s2.clone(), opts: o2.clone(), progress: g2.clone(), process };
+                let distributed = ctx.distributed(idx);
+                let clustered = mailbox.is_some();
+                let collective: Arc<dyn Collective> = match &mailbox {
+                    Some(m) if distributed => Arc::new(TaggedCollective { mailbox: m.clone(), tag: idx as u64, seq: AtomicU64::new(0) }),
+                    _ => Arc::new(Solo),
+                };
+                // What this worker does for the instance: run it (possibly with the other
+                // processes), or only wait for it to finish elsewhere.
+                let runs_here = leader && (process == 0 || distributed);
+                let (reports, pool) = (reports2.clone(), pool.clone());
+                let out = input.unary_frontier::<CapacityContainerBuilder<Vec<(usize, u8)>>, _, _, _>(Pipe, &p2.instances[idx].name.clone(), move |cap, info| {
                     let activator = scope.worker().activator_for(info.address.clone());
                     let wake = scope.worker().sync_activator_for(info.address.to_vec());
                     let mut cap = Some(cap);
                     let mut upstream_failed = false;
                     let mut running: Option<(mpsc::Receiver<StageReport>, Resources)> = None;
                     move |(input, frontier), output| {
-                        input.for_each(|_, data| upstream_failed |= data.iter().any(|(_, ok)| !ok));
+                        input.for_each(|_, data| upstream_failed |= data.iter().any(|(_, st)| !status_from(*st).ok()));
                         let Some(c) = cap.as_ref() else { return };
+                        if !runs_here {
+                            if frontier.frontier().is_empty() {
+                                cap = None;
+                            }
+                            return;
+                        }
                         let finished = match running.as_ref() {
                             Some((rx, res)) => match rx.try_recv() {
                                 Ok(report) => {
@@ -222,19 +324,19 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                             },
                             None if !frontier.frontier().is_empty() => None,
                             None if upstream_failed => Some(ctx.report(idx, Status::Skipped, None, 0.0, Some("an upstream stage failed".into()))),
-                            None if let Some(m) = ctx.store.manifest_with(&ctx.plan.instances[idx].fingerprint, &ctx.output_names(idx)) => {
-                                // A cached row-wise instance reused all its rows.
-                                let rows = m.rows.map(|total| RowStats { total, computed: 0, reused: total });
-                                Some(ctx.report(idx, Status::Cached, rows, 0.0, None))
-                            }
+                            // In a cluster, the instances every process runs decide "cached" in
+                            // their job, all processes following process 0's view.
+                            None if !(clustered && distributed) && ctx.cached(idx).is_some() => ctx.cached(idx),
                             None => {
-                                let want = pool.borrow().clamp(ctx.resources(idx));
+                                // Instances every process runs bypass the budget in a cluster:
+                                // the processes could otherwise start them in different orders
+                                // and wait for each other for ever.
+                                let want = if clustered && distributed { Resources { cpus: 0, gpus: 0 } } else { pool.borrow().clamp(ctx.resources(idx)) };
                                 if pool.borrow_mut().try_take(want) {
                                     let (tx, rx) = mpsc::channel();
-                                    let (job, wake) = (ctx.clone(), wake.clone());
-                                    ctx.progress.started(&ctx.plan.instances[idx].name, &ctx.kind(idx));
+                                    let (job, wake, coll) = (ctx.clone(), wake.clone(), collective.clone());
                                     std::thread::spawn(move || {
-                                        let _ = tx.send(job.execute(idx));
+                                        let _ = tx.send(job.execute(idx, coll, clustered && distributed));
                                         let _ = wake.activate();
                                     });
                                     running = Some((rx, want));
@@ -245,29 +347,69 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                             }
                         };
                         if let Some(report) = finished {
-                            let ok = report.status.ok();
+                            let st = report.status;
                             ctx.progress.finished(&report);
                             reports.borrow_mut()[idx] = Some(report);
-                            output.session(c).give((idx, ok));
+                            output.session(c).give((idx, status_code(st)));
                             cap = None;
                             running = None;
                         }
                     }
                 });
-                streams.push(out);
+                streams.push(out.broadcast());
             }
-            let (probe, _) = scope.concatenate(streams).probe();
+            let (probe, _) = scope
+                .concatenate(streams)
+                .inspect(move |(idx, st)| {
+                    statuses2.borrow_mut()[*idx].get_or_insert(*st);
+                })
+                .probe();
             probe
         });
         while !probe.done() {
-            worker.step_or_park(None);
+            worker.step_or_park(park);
         }
-        let out: Vec<Option<StageReport>> = reports.borrow().clone();
-        out
-    });
-    let stages: Vec<StageReport> = reports.into_iter().flatten().collect();
+        // Let the collective's dataflow finish (every message was delivered: each job returned
+        // only after its gathers completed).
+        closed.set(true);
+        if let Some(a) = closer.borrow().as_ref() {
+            a.activate();
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while worker.step_or_park(Some(Duration::from_millis(10))) && Instant::now() < until {}
+        if !leader {
+            return None;
+        }
+        let ctx = JobCtx { plan: p3, registry: r3, store: s3, opts: o3, progress: g3, process };
+        let own = reports.borrow().clone();
+        let statuses = statuses.borrow().clone();
+        let out: Vec<Option<StageReport>> = own
+            .into_iter()
+            .enumerate()
+            .map(|(idx, r)| r.or_else(|| statuses[idx].map(|st| ctx.report(idx, status_from(st), None, 0.0, None))))
+            .collect();
+        Some(out)
+    })
+    .map_err(|e| RunError::Cluster(format!("starting timely: {e}")))?;
+    let mut reports = None;
+    for r in guards.join() {
+        match r {
+            Ok(Some(v)) => reports = reports.or(Some(v)),
+            Ok(None) => {}
+            Err(e) => {
+                let message = format!("a timely worker of process {process} stopped: {e} (a peer process failed or was killed)");
+                if let Some(m) = &mailbox_here {
+                    m.fail(message.clone());
+                }
+                return Err(RunError::Cluster(message));
+            }
+        }
+    }
+    let stages: Vec<StageReport> = reports.unwrap_or_default().into_iter().flatten().collect();
     let report = RunReport { pipeline: plan.pipeline.name.clone(), seconds: start.elapsed().as_secs_f64(), stages };
-    record_run(&plan, &registry, &store, &report)?;
+    if process == 0 {
+        record_run(&plan, &registry, &store, &report)?;
+    }
     Ok(report)
 }
 
@@ -315,9 +457,24 @@ struct JobCtx {
     store: Arc<Store>,
     opts: RunOptions,
     progress: Arc<dyn Progress>,
+    /// This process's index in a cluster run (0 otherwise).
+    process: usize,
 }
 
 impl JobCtx {
+    /// Whether the instance runs on every process of a cluster: row-wise or data-parallel kinds.
+    fn distributed(&self, idx: usize) -> bool {
+        self.registry.get(&self.kind(idx)).is_some_and(|k| k.row_port().is_some() || k.data_parallel())
+    }
+
+    /// The cached report of the instance, if its fingerprint has a complete artifact.
+    fn cached(&self, idx: usize) -> Option<StageReport> {
+        let m = self.store.manifest_with(&self.plan.instances[idx].fingerprint, &self.output_names(idx))?;
+        // A cached row-wise instance reused all its rows.
+        let rows = m.rows.map(|total| RowStats { total, computed: 0, reused: total });
+        Some(self.report(idx, Status::Cached, rows, 0.0, None))
+    }
+
     /// The outputs the instance's kind declares now.
     fn output_names(&self, idx: usize) -> Vec<&'static str> {
         self.registry.get(&self.kind(idx)).map(|k| k.outputs().iter().map(|p| p.name).collect()).unwrap_or_default()
@@ -347,10 +504,25 @@ impl JobCtx {
         }
     }
 
-    /// Runs one instance to completion on the calling thread and commits its outputs.
-    fn execute(&self, idx: usize) -> StageReport {
+    /// Runs one instance to completion on the calling thread and commits its outputs. With
+    /// `decide_cache` (an instance every process of a cluster runs), the processes first agree
+    /// on whether it is cached: process 0's view wins.
+    fn execute(&self, idx: usize, collective: Arc<dyn Collective>, decide_cache: bool) -> StageReport {
         let start = Instant::now();
-        match self.try_execute(idx) {
+        if decide_cache {
+            let mine = self.cached(idx);
+            match collective.all_gather(vec![u8::from(mine.is_some())]) {
+                Ok(all) if all.first().is_some_and(|b| b.first() == Some(&1)) => {
+                    return mine.unwrap_or_else(|| self.report(idx, Status::Cached, None, 0.0, None));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let name = &self.plan.instances[idx].name;
+                    return self.report(idx, Status::Failed, None, start.elapsed().as_secs_f64(), Some(format!("stage `{name}`: {e}")));
+                }
+            }
+        }
+        match self.try_execute(idx, collective) {
             Ok(rows) => {
                 let status = match rows {
                     Some(r) if r.reused > 0 => Status::Partial,
@@ -365,19 +537,31 @@ impl JobCtx {
         }
     }
 
-    fn try_execute(&self, idx: usize) -> Result<Option<RowStats>, StageError> {
+    fn try_execute(&self, idx: usize, collective: Arc<dyn Collective>) -> Result<Option<RowStats>, StageError> {
         let inst = &self.plan.instances[idx];
         let decl = &self.plan.pipeline.stages[inst.stage];
         let kind = self.registry.get(&decl.kind).ok_or_else(|| StageError::Message(format!("unknown kind {}", decl.kind)))?;
         let outputs = kind.outputs();
         let names: Vec<&str> = outputs.iter().map(|p| p.name).collect();
-        let staging = self.store.stage(&inst.fingerprint, &names).map_err(|e| StageError::wrap("staging outputs", e))?;
+        // Process 0 stages in the store and commits; the others write their (identical)
+        // outputs to a private directory that is dropped afterwards.
+        let (staging, private) = if self.process == 0 {
+            (Some(self.store.stage(&inst.fingerprint, &names).map_err(|e| StageError::wrap("staging outputs", e))?), None)
+        } else {
+            let dir = std::env::temp_dir().join(format!("alignflow-p{}-{}-{}", self.process, std::process::id(), inst.fingerprint));
+            let _ = std::fs::remove_dir_all(&dir);
+            for n in &names {
+                std::fs::create_dir_all(dir.join(n)).map_err(|source| StageError::Io { path: dir.join(n), source })?;
+            }
+            (None, Some(PrivateDir(dir)))
+        };
+        let staging_dir = staging.as_ref().map(|s| s.dir.clone()).or_else(|| private.as_ref().map(|p| p.0.clone())).expect("one of them");
         let inputs: BTreeMap<String, PathBuf> = inst
             .inputs
             .iter()
             .map(|(port, src)| (port.clone(), self.store.output_dir(&self.plan.instances[src.instance].fingerprint, &src.output)))
             .collect();
-        let out_dirs: BTreeMap<String, PathBuf> = names.iter().map(|n| (n.to_string(), staging.dir.join(n))).collect();
+        let out_dirs: BTreeMap<String, PathBuf> = names.iter().map(|n| (n.to_string(), staging_dir.join(n))).collect();
         let memo_key = kind.row_port().map(|p| {
             let mut ports = vec![p];
             ports.extend_from_slice(kind.extra_row_ports());
@@ -385,22 +569,33 @@ impl JobCtx {
         });
         let (progress, name) = (self.progress.clone(), inst.name.clone());
         let row_progress: crate::rows::RowProgress = Arc::new(move |done, total| progress.rows(&name, done, total));
-        let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress));
+        let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress)).with_collective(collective.clone());
         let scratch = self.store.scratch_dir(&inst.fingerprint).map_err(|e| StageError::wrap("creating the scratch directory", e))?;
         let mut ctx = RunCtx::new(&inst.name, inst.round, inst.seed, &decl.params, &self.plan.base_dir, inputs, out_dirs, &engine)
-            .with_scratch(scratch);
+            .with_scratch(scratch)
+            .with_collective(collective);
         kind.run(&mut ctx)?;
         let rows = ctx.row_stats();
         for p in &outputs {
             if let Some(file) = p.ty.main_file() {
-                if !staging.dir.join(p.name).join(file).is_file() {
+                if !staging_dir.join(p.name).join(file).is_file() {
                     return Err(StageError::Message(format!("the stage did not write output `{}` ({file})", p.name)));
                 }
             }
         }
+        let Some(staging) = staging else { return Ok(rows) };
         let types = outputs.iter().map(|p| (p.name.to_string(), p.ty.name().to_string())).collect();
         self.store.commit(staging, &inst.name, &decl.kind, types, rows.map(|r| r.total)).map_err(|e| StageError::wrap("committing outputs", e))?;
         self.store.remove_scratch(&inst.fingerprint);
         Ok(rows)
+    }
+}
+
+/// A directory removed when dropped (the outputs of a process other than 0).
+struct PrivateDir(PathBuf);
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

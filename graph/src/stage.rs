@@ -159,6 +159,7 @@ pub struct RunCtx<'a> {
     pub(crate) rows: &'a dyn RowEngine,
     pub(crate) row_stats: Option<RowStats>,
     pub(crate) scratch: Option<PathBuf>,
+    pub(crate) collective: Arc<dyn crate::cluster::Collective>,
 }
 
 impl<'a> RunCtx<'a> {
@@ -174,13 +175,28 @@ impl<'a> RunCtx<'a> {
         outputs: BTreeMap<String, PathBuf>,
         rows: &'a dyn RowEngine,
     ) -> Self {
-        RunCtx { instance, round, seed, params, base_dir, inputs, outputs, rows, row_stats: None, scratch: None }
+        RunCtx { instance, round, seed, params, base_dir, inputs, outputs, rows, row_stats: None, scratch: None, collective: Arc::new(crate::cluster::Solo) }
     }
 
     /// Gives the stage a persistent scratch directory (see [`RunCtx::scratch_dir`]).
     pub fn with_scratch(mut self, dir: PathBuf) -> Self {
         self.scratch = Some(dir);
         self
+    }
+
+    /// Sets the collective of a cluster run (see [`RunCtx::collective`]).
+    pub fn with_collective(mut self, c: Arc<dyn crate::cluster::Collective>) -> Self {
+        self.collective = c;
+        self
+    }
+
+    /// The processes running this instance together: in a cluster run, a row-wise or
+    /// data-parallel stage runs on every process (same inputs, same code) and this all-gathers
+    /// between them; elsewhere it is a one-process collective. Only process 0's outputs are
+    /// committed, so stages write outputs everywhere but side effects (checkpoints in the
+    /// scratch directory) only where `collective().process() == 0`.
+    pub fn collective(&self) -> &Arc<dyn crate::cluster::Collective> {
+        &self.collective
     }
 
     /// A directory private to this stage instance (keyed by its fingerprint) that survives a
@@ -249,6 +265,12 @@ pub trait Stage: Send + Sync + 'static {
     /// of the memo key, so editing one of their rows recomputes only that row.
     fn extra_row_ports(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// Whether the stage trains data-parallel over the processes of a cluster run (it then runs
+    /// on every process and reduces gradients through [`RunCtx::collective`]). Row-wise stages
+    /// run on every process anyway; other stages run on process 0 only.
+    fn data_parallel(&self) -> bool {
+        false
     }
     /// A content hash of files outside the store that the stage reads (a source's data file).
     /// Called when planning and running, never when only checking.

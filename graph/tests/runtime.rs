@@ -152,7 +152,7 @@ next = "acc.out"
 "#;
 
 fn opts() -> RunOptions {
-    RunOptions { workers: 2, cpus: 2, gpus: 0 }
+    RunOptions { workers: 2, cpus: 2, gpus: 0, cluster: None }
 }
 
 fn run(text: &str, ws: &Path) -> graph::RunReport {

@@ -197,3 +197,53 @@ pub fn lm_train_step_sharded(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicr
     opt.update(model, &total, lr)?;
     Ok(StepReport { loss: loss as f32, grad_norm, lr, tokens })
 }
+
+/// One part of a language-model step: rows `rows` of micro-batch `micro`. Parts are numbered
+/// in the order their gradients are added (micro-batch by micro-batch, shards in row order),
+/// exactly as [`lm_train_step_sharded`] adds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPart {
+    pub micro: usize,
+    pub rows: (usize, usize),
+}
+
+/// The parts of a step whose micro-batches are split into `shards` row shards.
+pub fn lm_step_parts(micro: &[LmMicroBatch], shards: usize) -> Vec<StepPart> {
+    let mut parts = Vec::new();
+    for (i, mb) in micro.iter().enumerate() {
+        let per = mb.rows.len().div_ceil(shards.max(1)).max(1);
+        parts.extend((0..mb.rows.len()).step_by(per).map(|a| StepPart { micro: i, rows: (a, (a + per).min(mb.rows.len())) }));
+    }
+    parts
+}
+
+/// Loss and gradients of the parts numbered `which` (indices into `parts`), computed
+/// concurrently; returned in the order of `which`. Each part's numbers depend only on the
+/// model and its rows, so any process computing a part gets the same bits.
+pub fn lm_part_grads(model: &Llama, micro: &[LmMicroBatch], parts: &[StepPart], which: &[usize]) -> Result<Vec<(f32, Grads)>, ModelError> {
+    which
+        .par_iter()
+        .map(|&j| {
+            let StepPart { micro: i, rows: (a, b) } = parts[j];
+            let mb = &micro[i];
+            model.weighted_nll_grads(&mb.rows[a..b], &mb.targets[a..b], &mb.weights[a..b])
+        })
+        .collect()
+}
+
+/// The end of a step from its parts' results, given in part order: losses and gradients added
+/// in that order (as [`lm_train_step_sharded`] does), clipping, one AdamW update at `lr`.
+pub fn lm_apply_parts<'a>(model: &mut Llama, opt: &mut AdamW, parts: impl IntoIterator<Item = (f32, &'a Grads)>, tokens: usize, lr: f32, clip: Option<f32>) -> Result<StepReport, ModelError> {
+    let mut total = Grads::zeros(model);
+    let mut loss = 0.0f64;
+    for (l, g) in parts {
+        loss += l as f64;
+        total.add_assign(g);
+    }
+    let grad_norm = match clip {
+        Some(c) => clip_grad_norm(&mut total, c),
+        None => total.global_norm(),
+    };
+    opt.update(model, &total, lr)?;
+    Ok(StepReport { loss: loss as f32, grad_norm, lr, tokens })
+}

@@ -70,6 +70,94 @@ pub struct RunArgs {
     /// Print one JSON object describing the run on stdout at the end.
     #[arg(long)]
     json: bool,
+    /// Cluster run: how many processes (one per machine, each with --workers threads). Every
+    /// process runs the same command with the same pipeline file and workspace (a shared file
+    /// system) and its own --process-id.
+    #[arg(long, requires_all = ["process_id", "hostfile"], conflicts_with = "slurm")]
+    processes: Option<usize>,
+    /// Cluster run: this process's index, 0..processes (process 0 holds the workspace lock).
+    #[arg(long, requires = "processes")]
+    process_id: Option<usize>,
+    /// Cluster run: one host:port per line, in process order.
+    #[arg(long, requires = "processes")]
+    hostfile: Option<PathBuf>,
+    /// Cluster run under Slurm (srun): rank from SLURM_PROCID, size from SLURM_NTASKS, hosts
+    /// from SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST), each listening on --port.
+    #[arg(long)]
+    slurm: bool,
+    /// The port processes listen on with --slurm (k tasks per node use port..port+k-1).
+    #[arg(long, default_value_t = 2101)]
+    port: u16,
+}
+
+/// The cluster this process belongs to, from the flags or Slurm's environment.
+fn cluster_config(a: &RunArgs) -> anyhow::Result<Option<graph::ClusterConfig>> {
+    if a.slurm {
+        let env = |k: &str| std::env::var(k).ok();
+        return Ok(Some(graph::cluster::from_slurm(&env, a.port)?));
+    }
+    let Some(n) = a.processes else { return Ok(None) };
+    let (Some(process), Some(hostfile)) = (a.process_id, a.hostfile.as_ref()) else { bail!("--processes needs --process-id and --hostfile") };
+    if n == 0 {
+        bail!("--processes must be at least 1");
+    }
+    if process >= n {
+        return Err(graph::ClusterError::BadIndex { process, processes: n }.into());
+    }
+    let addresses = graph::cluster::read_hostfile(hostfile, n)?;
+    Ok(Some(graph::ClusterConfig { process, addresses }))
+}
+
+/// In a cluster run any failure stops this process at once, so that the others lose their
+/// connection to it and stop too (timely is fail-stop): a stage failure, or a panic anywhere,
+/// including timely's network threads when a peer process dies.
+fn fail_fast(process: usize) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if msg.contains("timely communication error") || msg.contains("MergeQueue poisoned") {
+            eprintln!(
+                "error: process {process}: lost the connection to another process of the cluster run ({msg}); \
+                 that process failed or was killed. Stopping. Run the same command on every process again: \
+                 finished stages, rows and training checkpoints are reused."
+            );
+        } else {
+            default(info);
+            eprintln!("error: process {process}: a thread panicked; stopping the cluster run");
+        }
+        std::process::exit(1);
+    }));
+}
+
+/// Forwards progress; on a failed stage in a cluster run, reports it and exits.
+struct FailFast {
+    inner: std::sync::Arc<dyn graph::Progress>,
+    process: usize,
+}
+
+impl graph::Progress for FailFast {
+    fn started(&self, instance: &str, kind: &str) {
+        self.inner.started(instance, kind);
+    }
+    fn rows(&self, instance: &str, done: u64, total: u64) {
+        self.inner.rows(instance, done, total);
+    }
+    fn finished(&self, report: &graph::StageReport) {
+        self.inner.finished(report);
+        if report.status == graph::Status::Failed {
+            eprintln!(
+                "error: process {}: {}; stopping the cluster run (the other processes stop when they lose the connection)",
+                self.process,
+                report.error.as_deref().unwrap_or("a stage failed")
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 pub fn run(c: PipelineCommand) -> anyhow::Result<ExitCode> {
@@ -125,9 +213,23 @@ fn run_pipeline(a: &RunArgs) -> anyhow::Result<ExitCode> {
         workers: a.workers.unwrap_or_else(cores).max(1),
         cpus: a.cpus.unwrap_or(cores() as u32).max(1),
         gpus: a.gpus,
+        cluster: cluster_config(a)?,
     };
+    let mut progress = stages::progress::for_stderr();
+    if let Some(c) = opts.cluster.as_ref().filter(|c| c.processes() > 1) {
+        eprintln!(
+            "cluster: process {} of {} ({} workers each; hosts {}); workspace {} must be the same directory for every process",
+            c.process,
+            c.processes(),
+            opts.workers,
+            c.addresses.join(" "),
+            a.workspace.display()
+        );
+        fail_fast(c.process);
+        progress = std::sync::Arc::new(FailFast { inner: progress, process: c.process });
+    }
     let store = graph::Store::at(&a.workspace);
-    let report = graph::run(&plan, &stages::registry(), &store, &opts, stages::progress::for_stderr())?;
+    let report = graph::run(&plan, &stages::registry(), &store, &opts, progress)?;
     if a.json {
         println!("{}", serde_json::to_string(&report.to_json())?);
     }

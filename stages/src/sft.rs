@@ -34,6 +34,9 @@ impl Stage for Sft {
     fn doc(&self) -> &'static str {
         "Supervised fine-tuning with loss on assistant tokens only (mode = \"sft\"), or pretraining with loss on every token (mode = \"pretrain\"), from an input model or from random init; packing, AdamW, warm-up + cosine, gradient accumulation, clipping; writes a Hugging Face model directory with tokenizer, chat template and loss curve."
     }
+    fn data_parallel(&self) -> bool {
+        true
+    }
     fn inputs(&self) -> Vec<Port> {
         vec![
             Port::new("data", ArtifactType::Table, "training rows: `messages` chats, prompt/response, a text column, or `input_ids` (+ `loss_mask`)"),
@@ -109,6 +112,7 @@ pub(crate) fn train_and_save(ctx: &RunCtx<'_>, model: &mut Llama, examples: &[Ex
         stop_after: None,
         label: ctx.instance.to_string(),
         progress: true,
+        reduce: crate::train::reduce::for_collective(ctx.collective()),
     };
     let t0 = std::time::Instant::now();
     let outcome = train(model, examples, &cfg, &opts).map_err(|e| StageError::wrap("training", e))?;

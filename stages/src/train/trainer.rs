@@ -11,6 +11,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kernels::checkpoint::{load_tensors, save_tensors, SaveDtype, TensorMap};
 use kernels::model::Llama;
@@ -19,6 +20,7 @@ use kernels::optim::{mean_ce_micro_batches, AdamW, AdamWConfig, LmMicroBatch};
 
 use super::examples::Example;
 use super::packing::{pack_epoch, PackedRow};
+use super::reduce::{GradPart, GradReduce, Local};
 
 /// The shape of the learning-rate curve after the linear warm-up.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,6 +87,16 @@ pub struct RunOptions {
     pub label: String,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Data parallelism: which step parts this process computes and how gradients meet
+    /// ([`Local`] for one process). Never changes the result.
+    pub reduce: Arc<dyn GradReduce>,
+}
+
+impl RunOptions {
+    /// One process, no checkpoints, no progress display.
+    pub fn quiet(label: &str) -> RunOptions {
+        RunOptions { checkpoint_dir: None, checkpoint_every: 0, stop_after: None, label: label.to_string(), progress: false, reduce: Arc::new(Local) }
+    }
 }
 
 /// One point of the loss curve.
@@ -124,6 +136,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, message: String },
     #[error("step {step}: the loss is not finite ({loss})")]
     Diverged { step: usize, loss: f32 },
+    #[error("step {step}: {source}")]
+    Reduce { step: usize, source: super::reduce::ReduceError },
 }
 
 /// The row stream of a run: epoch e's packed rows, computed when first needed.
@@ -200,6 +214,9 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
             start = restore(&ck, model, &mut opt, &mut curve)?;
         }
     }
+    // Data-parallel processes must resume from the same checkpoint (they read a shared scratch
+    // directory); anything else would mix steps.
+    opts.reduce.agree("the step training resumes from", start as u64).map_err(|source| TrainError::Reduce { step: start, source })?;
     let mut progress = Progress::new(&opts.label, total, start, opts.progress);
     let per_step = cfg.batch_size * cfg.grad_accum;
     for step in start..total {
@@ -209,12 +226,12 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
         }
         let rows: Vec<PackedRow> = (step * per_step..(step + 1) * per_step).map(|i| stream.row(i)).collect();
         let lr = schedule.lr(cfg.lr, step as u64);
-        let point = one_step(model, &mut opt, &rows, cfg, step, lr)?;
+        let point = one_step(model, &mut opt, &rows, cfg, step, lr, opts.reduce.as_ref())?;
         progress.step(&point);
         curve.push(point);
         let done = step + 1;
         if let Some(dir) = &opts.checkpoint_dir {
-            if opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 && done < total {
+            if opts.reduce.writer() && opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 && done < total {
                 save_checkpoint(dir, done, &key, model, &opt, &curve)?;
             }
         }
@@ -225,13 +242,17 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
 
 /// Forward and backward over the step's micro-batches (the engine's step: mean
 /// cross-entropy over the whole step, clipping, AdamW).
-fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainConfig, step: usize, lr: f32) -> Result<LossPoint, TrainError> {
+fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainConfig, step: usize, lr: f32, reduce: &dyn GradReduce) -> Result<LossPoint, TrainError> {
     let scored: usize = rows.iter().map(PackedRow::scored).sum();
     let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
     let targets: Vec<Vec<i32>> = rows.iter().map(|r| r.targets.clone()).collect();
     let micro = mean_ce_micro_batches(&ids, &targets, cfg.batch_size);
     let clip = (cfg.clip > 0.0).then_some(cfg.clip);
-    let r = sharded_step(model, opt, &micro, cfg.shards, lr, clip).map_err(|source| TrainError::Model { step, source })?;
+    let r = if reduce.processes() > 1 {
+        data_parallel_step(model, opt, &micro, cfg.shards, lr, clip, reduce, step)?
+    } else {
+        sharded_step(model, opt, &micro, cfg.shards, lr, clip).map_err(|source| TrainError::Model { step, source })?
+    };
     if !r.loss.is_finite() {
         return Err(TrainError::Diverged { step, loss: r.loss });
     }
@@ -245,6 +266,21 @@ fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainC
 /// (BENCHMARKS-pipeline.md).
 fn sharded_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], shards: usize, lr: f32, clip: Option<f32>) -> Result<kernels::optim::StepReport, ModelError> {
     kernels::optim::lm_train_step_sharded(model, opt, micro, lr, clip, shards)
+}
+
+/// [`sharded_step`] over the processes of a cluster run: each process computes the step parts
+/// it owns (concurrently on its threads), the parts are all-gathered, and every process adds
+/// all of them in part order and takes the same AdamW step: the same float operations in the
+/// same order as [`sharded_step`] on one process, so the weights are bit-identical.
+#[allow(clippy::too_many_arguments)]
+fn data_parallel_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], shards: usize, lr: f32, clip: Option<f32>, reduce: &dyn GradReduce, step: usize) -> Result<kernels::optim::StepReport, TrainError> {
+    let parts = kernels::optim::lm_step_parts(micro, shards);
+    let which: Vec<usize> = (0..parts.len()).filter(|j| reduce.owns(*j)).collect();
+    let mine = kernels::optim::lm_part_grads(model, micro, &parts, &which).map_err(|source| TrainError::Model { step, source })?;
+    let mine: Vec<GradPart> = which.into_iter().zip(mine).map(|(index, (loss, grads))| GradPart { index, loss, grads }).collect();
+    let all = reduce.gather(mine, parts.len()).map_err(|source| TrainError::Reduce { step, source })?;
+    let tokens = micro.iter().map(|mb| mb.rows.iter().map(|r| r.len()).sum::<usize>()).sum();
+    kernels::optim::lm_apply_parts(model, opt, all.iter().map(|p| (p.loss, &p.grads)), tokens, lr, clip).map_err(|source| TrainError::Model { step, source })
 }
 
 /// blake3 over what a checkpoint's validity depends on: the configuration, the examples and
@@ -472,7 +508,7 @@ mod tests {
     }
 
     fn opts(dir: Option<&Path>, stop_after: Option<usize>) -> RunOptions {
-        RunOptions { checkpoint_dir: dir.map(Path::to_path_buf), checkpoint_every: 2, stop_after, label: "test".into(), progress: false }
+        RunOptions { checkpoint_dir: dir.map(Path::to_path_buf), checkpoint_every: 2, stop_after, label: "test".into(), progress: false, reduce: Arc::new(Local) }
     }
 
     #[test]
@@ -528,6 +564,57 @@ mod tests {
         let (two_1t, two_1t_params) = pool.install(|| run(2));
         assert_eq!(two_1t, two);
         assert_eq!(two_1t_params, two_params);
+    }
+
+    /// Two "processes" (threads joined by an in-memory all-gather) training data-parallel end
+    /// with weights and curves bit-identical to one process with the same shards.
+    #[test]
+    fn data_parallel_processes_match_one_process_bit_for_bit() {
+        use std::sync::{Barrier, Mutex};
+        struct Pair {
+            slots: Mutex<Vec<Option<Vec<u8>>>>,
+            barrier: Barrier,
+        }
+        struct Member(Arc<Pair>, usize);
+        impl graph::Collective for Member {
+            fn process(&self) -> usize {
+                self.1
+            }
+            fn processes(&self) -> usize {
+                2
+            }
+            fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, graph::StageError> {
+                self.0.slots.lock().unwrap()[self.1] = Some(bytes);
+                self.0.barrier.wait();
+                let out: Vec<Vec<u8>> = self.0.slots.lock().unwrap().iter().map(|s| s.clone().unwrap()).collect();
+                self.0.barrier.wait();
+                Ok(out)
+            }
+        }
+        let cfg = TrainConfig { shards: 3, ..config(6) };
+        let mut one = Llama::new_random(tiny_config(), 3);
+        let single = train(&mut one, &examples(), &cfg, &opts(None, None)).unwrap();
+        let pair = Arc::new(Pair { slots: Mutex::new(vec![None, None]), barrier: Barrier::new(2) });
+        let runs: Vec<(Vec<Vec<f32>>, Vec<LossPoint>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2)
+                .map(|p| {
+                    let (pair, cfg) = (pair.clone(), cfg.clone());
+                    s.spawn(move || {
+                        let c: Arc<dyn graph::Collective> = Arc::new(Member(pair, p));
+                        let o = RunOptions { reduce: super::super::reduce::for_collective(&c), ..opts(None, None) };
+                        let mut m = Llama::new_random(tiny_config(), 3);
+                        let out = train(&mut m, &examples(), &cfg, &o).unwrap();
+                        (m.params().iter().map(|t| t.to_vec()).collect(), out.curve)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let one_params: Vec<Vec<f32>> = one.params().iter().map(|t| t.to_vec()).collect();
+        for (params, curve) in &runs {
+            assert_eq!(params, &one_params, "data-parallel weights differ from one process");
+            assert_eq!(curve, &single.curve);
+        }
     }
 
     /// Issue 4: a run killed midway and resumed from its newest checkpoint ends with weights
