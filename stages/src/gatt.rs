@@ -59,6 +59,7 @@ impl Stage for Gatt {
         vec![
             Port::new("model", ArtifactType::Model, "the policy to sample with and fine-tune (HF layout with tokenizer)"),
             Port::new("dialogues", ArtifactType::Table, "GAtt dialogues (the world's `gatt_dialogues`: dialogue schema)"),
+            Port::optional("replay", ArtifactType::Table, "single-turn chats mixed into the fine-tune so that first-turn skills are kept (any table `sft` reads: prompt+response, `messages`, or tokenized), `replay_share` of the examples"),
         ]
     }
     fn outputs(&self) -> Vec<Port> {
@@ -76,6 +77,7 @@ impl Stage for Gatt {
             ParamSpec::str("loss_turns", Some("last"), "\"last\": loss on the final assistant turn only (the paper's zeroed earlier turns); \"all\": every assistant turn"),
             ParamSpec::bool("repair", Some(true), "rewrite sampled answers that break the instruction so they obey (else drop dialogues whose final answer breaks it)"),
             ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
+            ParamSpec::float("replay_share", 0.0, 0.95, Some(0.5), "with a `replay` table: its share of all training examples (rows drawn in a seeded order, repeated if the table is smaller)").added_later(),
         ]
         .into_iter()
         .chain(crate::sft::train_param_specs(crate::sft::TrainDefaults {
@@ -180,6 +182,16 @@ impl Stage for Gatt {
             return Err(StageError::Message("no training dialogues left (every final answer broke its instruction and repair = false)".into()));
         }
         let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let dialogue_examples = examples.len();
+        let replayed = match ctx.input_opt("replay") {
+            Some(_) => {
+                let replay = replay_examples(ctx, &tok, &template, p.float("replay_share")?, dialogue_examples)?;
+                let n = replay.len();
+                examples.extend(replay);
+                n
+            }
+            None => 0,
+        };
 
         // 5. Fine-tune with the shared loop; the model output as sft writes it.
         let chat = md.chat.clone().unwrap_or(ChatTemplate::Llama2);
@@ -201,6 +213,8 @@ impl Stage for Gatt {
                 "instruction_position": position,
                 "loss_turns": if last_only { "last" } else { "all" },
                 "longest_example_tokens": longest,
+                "dialogue_examples": dialogue_examples,
+                "replay_examples": replayed,
                 "windowed_dialogues": windowed,
                 "seq_len": cfg.seq_len,
                 "sample_seconds": sample_seconds,
@@ -211,6 +225,28 @@ impl Stage for Gatt {
         }
         write_output_table(ctx, "dialogues", &rows_table(&out_rows)?)
     }
+}
+
+/// `share / (1 - share)` times `dialogues` single-turn examples from the `replay` table, in a
+/// seeded order (stable per row), cycling through the table when it is smaller.
+fn replay_examples(ctx: &RunCtx<'_>, tok: &kernels::tokenizer::Tokenizer, template: &ChatTemplate, share: f64, dialogues: usize) -> Result<Vec<Example>, StageError> {
+    let table = read_input_table(ctx, "replay")?;
+    let cols = crate::train::Columns { messages: "messages".into(), text: "text".into() };
+    let all = crate::train::examples_from_table(&table, &cols, Some(tok), template, crate::train::LossMode::Sft, "replay")
+        .map_err(|e| StageError::wrap("input `replay`", e))?;
+    if all.is_empty() {
+        return Err(StageError::Message("input `replay` has no rows".into()));
+    }
+    let want = ((dialogues as f64) * share / (1.0 - share)).round() as usize;
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| {
+        let mut h = blake3::Hasher::new();
+        h.update(&ctx.seed.to_le_bytes());
+        h.update(b"replay");
+        h.update(&(i as u64).to_le_bytes());
+        *h.finalize().as_bytes()
+    });
+    Ok((0..want).map(|j| all[order[j % order.len()]].clone()).collect())
 }
 
 struct TrainRow {
