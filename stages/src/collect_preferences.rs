@@ -59,6 +59,9 @@ impl Stage for CollectPreferences {
             ParamSpec::float("test_share", 0.0, 1.0, Some(0.1), "share of pairs held out as test data (the paper: 1000 per weekly batch)"),
             ParamSpec::float("label_noise", 0.0, 1.6, Some(1.0), "multiplier on the annotator's flip probabilities (standard: 3/8/15/30% by rating)"),
             ParamSpec::str("annotator", Some("simulated"), "the `annotator` column of new pairs"),
+            ParamSpec::str("human_answers", Some(""), "with annotator = \"human\": the folder (relative to the pipeline file) for the pairs to annotate (pairs_r<round>.parquet) and the answers `alignflow annotate` writes (answers.parquet); docs/annotation.md"),
+            ParamSpec::int("quota", 0, i64::MAX, Some(0), "with annotator = \"human\": answers needed to this round's pairs before the stage completes (0 = all)"),
+            ParamSpec::int("wait_seconds", 0, 7 * 24 * 3600, Some(0), "with annotator = \"human\": how long to wait for the quota before failing with what to run (0 = fail at once)"),
         ]
     }
     fn row_port(&self) -> Option<&'static str> {
@@ -90,6 +93,7 @@ impl Stage for CollectPreferences {
             test_share: ctx.params.float("test_share")?,
             holdout_seed: ctx.seed,
             name: ctx.params.str("annotator")?.to_string(),
+            keep_all: ctx.params.str("annotator")? == datasets::human::HUMAN,
         });
         let results = ctx.map_rows(&rows, f)?;
         let mut new = Vec::new();
@@ -99,6 +103,9 @@ impl Stage for CollectPreferences {
                 Some(p) => new.push(p),
                 None => dropped += 1,
             }
+        }
+        if let Some(h) = crate::human_preferences::human_mode(ctx)? {
+            new = h.collect(new, round)?;
         }
         let report = collection_report(&new, dropped, round);
         let earlier = match ctx.input_opt("previous") {
@@ -145,6 +152,8 @@ struct Collect {
     test_share: f64,
     holdout_seed: u64,
     name: String,
+    /// Human mode: keep every pair (people label it; the drop rule applies to their labels).
+    keep_all: bool,
 }
 
 impl RowFn for Collect {
@@ -168,7 +177,7 @@ impl Collect {
         let p = &self.prompts[t.index];
         let pair_id = format!("{}@r{}", p.id, self.round);
         let ann = annotate(&self.annotator, &pair_id, &self.judges[t.index], a, b);
-        if !ann.kept() {
+        if !ann.kept() && !self.keep_all {
             return None;
         }
         let split = if is_test_pair(self.holdout_seed, &pair_id, self.test_share) { "test" } else { "train" };

@@ -21,6 +21,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(crate::eval::Eval));
     r.register(Arc::new(crate::gatt::Gatt));
     r.register(Arc::new(crate::eval_dialogue::EvalDialogue));
+    r.register(Arc::new(crate::onnx_judge::OnnxJudge));
     r
 }
 

@@ -6,6 +6,7 @@
 //! record's fingerprints; an eval whose model comes from outside the pipeline keeps its own
 //! instance name. Models are listed in pipeline order, rounds in order.
 
+mod onnx;
 mod plot;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,8 @@ pub struct Report {
     pub rejection_sampling: Vec<StageReport>,
     /// `ppo` instances.
     pub ppo: Vec<StageReport>,
+    /// `onnx_judge` instances (report/onnx.rs).
+    pub onnx_judges: Vec<onnx::OnnxJudge>,
 }
 
 /// The keys of a `train_reward` report lifted into the JSON report.
@@ -87,8 +90,13 @@ pub fn gather(store: &Store, pipeline: &str, stage_order: &[String]) -> Result<R
     instances.sort_by_key(|(name, r)| (rank(&r.stage, r.round), (*name).clone()));
     let (mut models, mut curves) = (Vec::new(), Vec::new());
     let (mut reward_models, mut rejection_sampling, mut ppo) = (Vec::new(), Vec::new(), Vec::new());
+    let mut onnx_judges = Vec::new();
     for (name, r) in instances {
         let Some(manifest) = store.manifest(&r.fingerprint) else { continue };
+        if manifest.kind == "onnx_judge" {
+            onnx_judges.push(onnx::judge(store, &record, name, r)?);
+            continue;
+        }
         if manifest.kind == "eval" {
             let path = store.output_dir(&r.fingerprint, "report").join("report.json");
             let report = read_json::<EvalReport>(&path)?;
@@ -109,7 +117,7 @@ pub fn gather(store: &Store, pipeline: &str, stage_order: &[String]) -> Result<R
             }
         }
     }
-    Ok(Report { pipeline: pipeline.to_string(), models, curves, reward_models, rejection_sampling, ppo })
+    Ok(Report { onnx_judges, pipeline: pipeline.to_string(), models, curves, reward_models, rejection_sampling, ppo })
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
@@ -182,6 +190,7 @@ impl Report {
             "reward_models": lift(&self.reward_models, &|r| pick(r, &RM_KEYS)),
             "rejection_sampling": lift(&self.rejection_sampling, &|r| pick(r, &RS_KEYS)),
             "ppo": lift(&self.ppo, &ppo_json),
+            "onnx_judges": onnx::to_json(&self.onnx_judges),
         })
     }
 
@@ -238,6 +247,7 @@ impl Report {
             s.push('\n');
         }
         self.rlhf_markdown(&mut s);
+        onnx::markdown(&self.onnx_judges, &mut s);
         if !self.curves.is_empty() {
             s.push_str("## Training\n\n| stage | steps | first loss | final loss |\n|---|---|---|---|\n");
             for c in &self.curves {
