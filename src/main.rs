@@ -28,6 +28,9 @@ enum Command {
         #[command(subcommand)]
         what: cli::bench::BenchCommand,
     },
+    /// Serve the annotation page: people choose between two responses, rate and label them; the
+    /// answers go to a Parquet table `collect_preferences` reads (docs/annotation.md).
+    Annotate(cli::annotate::AnnotateArgs),
     /// Import a model from another format into a Hugging Face layout directory.
     Import {
         #[command(subcommand)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Import { what } => cli::import::run(what),
         Command::Bench { what } => cli::bench::run(what),
         Command::Report(args) => cli::report::run(args),
+        Command::Annotate(args) => cli::annotate::run(args),
     };
     match result {
         Ok(code) => code,

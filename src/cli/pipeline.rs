@@ -281,7 +281,7 @@ fn show(artifact: &str, rows: usize, workspace: &Path, pipeline: Option<&str>) -
 
 /// "stage.output" or "stage@round.output" -> the artifact directory of the last run. Without a
 /// round, a loop stage resolves to its last round.
-fn resolve(artifact: &str, workspace: &Path, pipeline: Option<&str>) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve(artifact: &str, workspace: &Path, pipeline: Option<&str>) -> anyhow::Result<PathBuf> {
     let store = graph::Store::at(workspace);
     let Some((stage, output)) = artifact.rsplit_once('.') else {
         bail!("{artifact:?} is neither a path nor a \"stage.output\" reference");
