@@ -30,10 +30,10 @@ impl Stage for CollectPreferences {
         "collect_preferences"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn doc(&self) -> &'static str {
-        "Llama 2 preference collection: two sampled answers per prompt (policy at `temperature_a`, `policy_b` or the policy at `temperature_b`), judged by the world's simulated annotator (gold choice with label noise, four-level rating, safety bins, chosen-unsafe/rejected-safe pairs dropped on the safety track), with a held-out test split; outputs all pairs so far (`previous` + new)."
+        "Llama 2 preference collection: two sampled answers per prompt (policy at `temperature_a`, `policy_b` or the policy at `temperature_b`; answer B is drawn again, up to `redraws` times, while it is the same text as A), judged by the world's simulated annotator (gold choice with label noise, four-level rating, safety bins, chosen-unsafe/rejected-safe pairs dropped on the safety track), with a held-out test split; outputs all pairs so far (`previous` + new)."
     }
     fn inputs(&self) -> Vec<Port> {
         vec![
@@ -62,6 +62,8 @@ impl Stage for CollectPreferences {
             ParamSpec::str("human_answers", Some(""), "with annotator = \"human\": the folder (relative to the pipeline file) for the pairs to annotate (pairs_r<round>.parquet) and the answers `alignflow annotate` writes (answers.parquet); docs/annotation.md"),
             ParamSpec::int("quota", 0, i64::MAX, Some(0), "with annotator = \"human\": answers needed to this round's pairs before the stage completes (0 = all)"),
             ParamSpec::int("wait_seconds", 0, 7 * 24 * 3600, Some(0), "with annotator = \"human\": how long to wait for the quota before failing with what to run (0 = fail at once)"),
+            ParamSpec::int("redraws", 0, 64, Some(4), "while answer B is the same text as answer A, draw B again (from the next sampling stream), at most this many times: nobody can prefer one of two identical texts, and such pairs teach a reward model nothing (0 = keep them)"),
+            ParamSpec::bool("drop_identical", Some(true), "leave out prompts whose two answers are still identical after the redraws"),
         ]
     }
     fn row_port(&self) -> Option<&'static str> {
@@ -94,11 +96,17 @@ impl Stage for CollectPreferences {
             holdout_seed: ctx.seed,
             name: ctx.params.str("annotator")?.to_string(),
             keep_all: ctx.params.str("annotator")? == datasets::human::HUMAN,
+            redraws: ctx.params.int("redraws")? as u64,
+            drop_identical: ctx.params.bool("drop_identical")?,
         });
         let results = ctx.map_rows(&rows, f)?;
         let mut new = Vec::new();
-        let mut dropped = 0usize;
+        let (mut dropped, mut identical) = (0usize, 0usize);
         for (r, bytes) in rows.iter().zip(&results) {
+            if bytes.as_slice() == IDENTICAL {
+                identical += 1;
+                continue;
+            }
             match decode_pair(bytes, &r.key)? {
                 Some(p) => new.push(p),
                 None => dropped += 1,
@@ -107,7 +115,7 @@ impl Stage for CollectPreferences {
         if let Some(h) = crate::human_preferences::human_mode(ctx)? {
             new = h.collect(new, round)?;
         }
-        let report = collection_report(&new, dropped, round);
+        let report = collection_report(&new, dropped, identical, round);
         let earlier = match ctx.input_opt("previous") {
             Some(_) => read_pairs(&read_input_table(ctx, "previous")?, "previous")?,
             None => Vec::new(),
@@ -137,6 +145,10 @@ pub fn write_report(ctx: &RunCtx<'_>, name: &str, value: &serde_json::Value) -> 
     std::fs::write(&path, text).map_err(|source| StageError::Io { path, source })
 }
 
+/// Memo bytes of a prompt left out because its two answers stayed identical (`drop_identical`);
+/// not a JSON pair, so [`decode_pair`] never sees it.
+const IDENTICAL: &[u8] = b"=";
+
 /// The per-row function of `collect_preferences`: rows are addressed by their index in the
 /// stage's (round-selected) row list.
 struct Collect {
@@ -154,20 +166,46 @@ struct Collect {
     name: String,
     /// Human mode: keep every pair (people label it; the drop rule applies to their labels).
     keep_all: bool,
+    redraws: u64,
+    drop_identical: bool,
 }
 
 impl RowFn for Collect {
     fn compute(&self, tasks: &[RowTask]) -> Result<Vec<Vec<u8>>, StageError> {
         let ids: Vec<Vec<u32>> = tasks.iter().map(|t| self.policy.prompt_ids(&self.prompts[t.index].prompt)).collect::<Result<_, _>>()?;
-        let answers = |model: &Loaded, temperature: f32, k: u64| -> Result<Vec<String>, StageError> {
-            // Each row samples from its own stream (row seed, answer index): batch-independent.
-            let streams: Vec<u64> = tasks.iter().map(|t| sample_stream(t.seed, k)).collect();
+        // Each row samples from its own streams (row seed, answer index): batch-independent.
+        let answers = |model: &Loaded, temperature: f32, rows: &[usize], k: u64| -> Result<Vec<String>, StageError> {
+            let prompts: Vec<Vec<u32>> = rows.iter().map(|&i| ids[i].clone()).collect();
+            let streams: Vec<u64> = rows.iter().map(|&i| sample_stream(tasks[i].seed, k)).collect();
             let sp = SamplingParams { max_new_tokens: self.max_new_tokens, temperature, top_p: self.top_p, seed: 0 };
-            model.generate(&ids, &streams, &sp)?.iter().map(|g| model.decode(g)).collect()
+            model.generate(&prompts, &streams, &sp)?.iter().map(|g| model.decode(g)).collect()
         };
-        let a = answers(&self.policy, self.temps.0, 0)?;
-        let b = answers(self.policy_b.as_ref().unwrap_or(&self.policy), self.temps.1, 1)?;
-        Ok(tasks.iter().enumerate().map(|(i, t)| encode_pair(self.pair(t, &a[i], &b[i]).as_ref())).collect())
+        let all: Vec<usize> = (0..tasks.len()).collect();
+        let a = answers(&self.policy, self.temps.0, &all, 0)?;
+        let model_b = self.policy_b.as_ref().unwrap_or(&self.policy);
+        let mut b = answers(model_b, self.temps.1, &all, 1)?;
+        // Redraw B where it repeats A: draw j uses stream 1 + j, so a row's pair still depends
+        // only on its own seed.
+        for j in 1..=self.redraws {
+            let same: Vec<usize> = all.iter().copied().filter(|&i| a[i] == b[i]).collect();
+            if same.is_empty() {
+                break;
+            }
+            for (i, text) in same.iter().zip(answers(model_b, self.temps.1, &same, 1 + j)?) {
+                b[*i] = text;
+            }
+        }
+        Ok(tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if self.drop_identical && a[i] == b[i] {
+                    IDENTICAL.to_vec()
+                } else {
+                    encode_pair(self.pair(t, &a[i], &b[i]).as_ref())
+                }
+            })
+            .collect())
     }
 }
 
@@ -187,7 +225,7 @@ impl Collect {
 }
 
 /// Counts of one round's new pairs.
-fn collection_report(pairs: &[PreferencePairRow], dropped: usize, round: usize) -> serde_json::Value {
+fn collection_report(pairs: &[PreferencePairRow], dropped: usize, identical: usize, round: usize) -> serde_json::Value {
     let count = |f: &dyn Fn(&PreferencePairRow) -> &str| {
         let mut m: BTreeMap<String, usize> = BTreeMap::new();
         for p in pairs {
@@ -203,6 +241,7 @@ fn collection_report(pairs: &[PreferencePairRow], dropped: usize, round: usize) 
         "round": round,
         "pairs": pairs.len(),
         "dropped_chosen_unsafe_rejected_safe": dropped,
+        "dropped_identical": identical,
         "by_track": count(&|p| &p.track),
         "by_rating": count(&|p| &p.rating),
         "by_safety_bin": count(&|p| &p.safety_bin),
@@ -420,6 +459,43 @@ mod tests {
         let all = read_pairs(&datasets::table::read_parquet(&table_file(&out3["pairs"])).unwrap(), "pairs").unwrap();
         assert_eq!(all.len(), pairs.len() + 1);
         assert!(all.contains(&old));
+    }
+
+    /// Identical answers: greedy decoding gives A == B on every prompt, so with the default
+    /// `drop_identical` every prompt is left out (and counted), and with it off they are kept as
+    /// "negligibly better"; sampled, no kept pair has two identical texts, and the pairs do not
+    /// depend on how rows were batched over workers.
+    #[test]
+    fn identical_answers_are_redrawn_or_left_out() {
+        use graph::ParamValue as V;
+        let work = tempfile::tempdir().unwrap();
+        let policy = work.path().join("policy");
+        tiny_policy(&policy, 5);
+        let prompts_dir = write_table(&work.path().join("prompts"), &prompts(16));
+        let inputs = BTreeMap::from([("prompts".to_string(), prompts_dir), ("policy".to_string(), policy)]);
+        let stage = CollectPreferences;
+        let run = |extra: &[(&str, V)], dir: &str, workers: usize| {
+            let mut ps = vec![("max_new_tokens", V::Int(4))];
+            ps.extend(extra.iter().cloned());
+            let params = testing::params(&stage, &ps);
+            let (out, _) = testing::run(&stage, &params, work.path(), inputs.clone(), &work.path().join(dir), workers).unwrap();
+            let pairs = read_pairs(&datasets::table::read_parquet(&table_file(&out["pairs"])).unwrap(), "pairs").unwrap();
+            let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out["report"].join("report.json")).unwrap()).unwrap();
+            (pairs, report)
+        };
+        let greedy = [("temperature_a", V::Float(0.0)), ("temperature_b", V::Float(0.0))];
+        let (pairs, report) = run(&greedy, "g", 1);
+        assert!(pairs.is_empty(), "{pairs:?}");
+        assert_eq!(report["new"]["dropped_identical"], 16);
+        let mut keep = greedy.to_vec();
+        keep.push(("drop_identical", V::Bool(false)));
+        let (kept, report) = run(&keep, "k", 1);
+        assert_eq!(report["new"]["dropped_identical"], 0);
+        assert!(!kept.is_empty() && kept.iter().all(|p| p.chosen == p.rejected && p.rating == "negligibly_better"));
+        let (sampled, _) = run(&[], "s1", 1);
+        assert!(sampled.iter().all(|p| p.chosen != p.rejected));
+        let (sampled2, _) = run(&[], "s2", 2);
+        assert_eq!(sampled, sampled2);
     }
 
     #[test]
