@@ -42,14 +42,46 @@ impl FpRecord {
         self.digest(Some(row_ports))
     }
 
+    /// The content key of an instance (early cut-off): like the fingerprint, but every input
+    /// port that reads an artifact is identified by the content hash of the output it reads
+    /// (`contents`: port -> hex blake3 from the upstream manifest) instead of the upstream
+    /// fingerprint. Two instances with the same content key read byte-identical inputs with the
+    /// same kind, version, parameters, seed and external files, so they produce the same
+    /// result. Ports missing from `contents` keep their recorded value (`absent`). A key never
+    /// equals a fingerprint or a memo key (different leading label).
+    pub fn content_key(&self, contents: &BTreeMap<String, String>) -> String {
+        self.by_content(contents).digest_as(b"content-v1", None)
+    }
+
+    /// The memo key of a row-wise stage by content: [`FpRecord::memo_key_without`] with the
+    /// other inputs identified by content, so that the memo survives an upstream instance that
+    /// re-ran with identical outputs (early cut-off).
+    pub fn content_memo_key(&self, contents: &BTreeMap<String, String>, row_ports: &[&str]) -> String {
+        self.by_content(contents).digest_as(b"content-memo-v1", Some(row_ports))
+    }
+
+    fn by_content(&self, contents: &BTreeMap<String, String>) -> FpRecord {
+        let mut r = self.clone();
+        for (port, hash) in contents {
+            if let Some(v) = r.inputs.get_mut(port) {
+                *v = format!("content:{hash}");
+            }
+        }
+        r
+    }
+
     fn digest(&self, skip_ports: Option<&[&str]>) -> String {
+        self.digest_as(if skip_ports.is_some() { b"memo-v1" } else { b"stage-v1" }, skip_ports)
+    }
+
+    fn digest_as(&self, label: &[u8], skip_ports: Option<&[&str]>) -> String {
         let mut h = blake3::Hasher::new();
         let mut put = |tag: &str, bytes: &[u8]| {
             h.update(tag.as_bytes());
             h.update(&(bytes.len() as u64).to_le_bytes());
             h.update(bytes);
         };
-        put("alignflow-fingerprint", if skip_ports.is_some() { b"memo-v1" } else { b"stage-v1" });
+        put("alignflow-fingerprint", label);
         put("kind", self.kind.as_bytes());
         put("version", &self.version.to_le_bytes());
         for (k, v) in &self.params {
@@ -129,5 +161,35 @@ mod tests {
         assert_eq!(r.memo_key_without(&["table"]), r.memo_key("table"));
         assert_eq!(t.memo_key_without(&["table", "tokenizer"]), k.memo_key_without(&["table", "tokenizer"]));
         assert_ne!(k.memo_key_without(&["table"]), r.memo_key_without(&["table"]));
+    }
+
+    #[test]
+    fn content_key_follows_input_content_not_upstream_fingerprints() {
+        let contents: BTreeMap<String, String> = [("table".to_string(), "c1".to_string()), ("tokenizer".to_string(), "c2".to_string())].into();
+        let r = record();
+        // Another upstream fingerprint with the same content: same key, different fingerprint.
+        let mut t = record();
+        t.inputs.insert("table".into(), "zz.sft".into());
+        assert_ne!(t.fingerprint(), r.fingerprint());
+        assert_eq!(t.content_key(&contents), r.content_key(&contents));
+        assert_ne!(r.content_key(&contents), r.fingerprint());
+        // Other content, parameters or seed: another key.
+        let mut other = contents.clone();
+        other.insert("table".into(), "c3".into());
+        assert_ne!(r.content_key(&other), r.content_key(&contents));
+        let mut p = record();
+        p.params.insert("column".into(), "s:\"prompt\"".into());
+        assert_ne!(p.content_key(&contents), r.content_key(&contents));
+        let mut s = record();
+        s.seed = 8;
+        assert_ne!(s.content_key(&contents), r.content_key(&contents));
+        // The memo key by content ignores the row input, and differs from the other keys.
+        let mut rows = contents.clone();
+        rows.insert("table".into(), "c9".into());
+        assert_eq!(t.content_memo_key(&rows, &["table"]), r.content_memo_key(&contents, &["table"]));
+        assert_ne!(r.content_memo_key(&contents, &["table"]), r.memo_key("table"));
+        assert_ne!(r.content_memo_key(&other, &["table"]), r.content_memo_key(&contents, &["tokenizer"]));
+        // The stage fingerprint itself is unchanged by this feature (pinned encoding).
+        assert_eq!(r.fingerprint(), record().digest_as(b"stage-v1", None));
     }
 }

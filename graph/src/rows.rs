@@ -35,6 +35,9 @@ pub struct MemoRowEngine<'a> {
     /// The memo key (fingerprint without the row input); None for stages that are not
     /// row-wise, which then compute every row without memoising.
     pub memo_key: Option<String>,
+    /// Earlier memo keys of the same rows (the fingerprint-based key, from before memo keys
+    /// went by content): their entries are read too, new entries go to `memo_key` only.
+    pub also_read: Vec<String>,
     pub seed: u64,
     pub round: u32,
     pub workers: usize,
@@ -48,7 +51,13 @@ pub struct MemoRowEngine<'a> {
 
 impl<'a> MemoRowEngine<'a> {
     pub fn new(store: &'a Store, memo_key: Option<String>, seed: u64, round: u32, workers: usize, progress: Option<RowProgress>) -> Self {
-        MemoRowEngine { store, memo_key, seed, round, workers: workers.max(1), progress, calls: AtomicU64::new(0), collective: Arc::new(Solo) }
+        MemoRowEngine { store, memo_key, also_read: Vec::new(), seed, round, workers: workers.max(1), progress, calls: AtomicU64::new(0), collective: Arc::new(Solo) }
+    }
+
+    /// Also reads the memo entries stored under `keys` (equivalent keys of the same rows).
+    pub fn also_reading(mut self, keys: Vec<String>) -> Self {
+        self.also_read = keys;
+        self
     }
 
     /// Splits rows over the processes of a cluster run too.
@@ -62,10 +71,13 @@ impl RowEngine for MemoRowEngine<'_> {
     fn map_rows(&self, rows: &[RowId], f: Arc<dyn RowFn>) -> Result<(Vec<Vec<u8>>, RowStats), StageError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let key = self.memo_key.as_ref().map(|k| if call == 0 { k.clone() } else { format!("{k}-{call}") });
-        let memo = match &key {
-            Some(k) => self.store.load_memo(k).map_err(|e| StageError::wrap("reading the row memo", e))?,
-            None => HashMap::new(),
-        };
+        let suffixed = |k: &String| if call == 0 { k.clone() } else { format!("{k}-{call}") };
+        let mut memo = HashMap::new();
+        if key.is_some() {
+            for k in self.also_read.iter().map(suffixed).chain(key.clone()) {
+                memo.extend(self.store.load_memo(&k).map_err(|e| StageError::wrap("reading the row memo", e))?);
+            }
+        }
         let hits: Vec<RowId> = rows.iter().filter(|r| memo.contains_key(*r)).cloned().collect();
         let share = Share { process: self.collective.process(), processes: self.collective.processes() };
         let computed = compute_misses_shared(rows, &hits, f, self.seed, self.round, self.workers, share, self.progress.clone());

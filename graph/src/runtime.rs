@@ -87,6 +87,11 @@ pub struct StageReport {
     pub rows: Option<RowStats>,
     pub seconds: f64,
     pub error: Option<String>,
+    /// Early cut-off: set when a `cached` instance was not in the store under its fingerprint
+    /// but its inputs were byte-identical to those of an instance computed before, whose
+    /// artifact was reused; says which ("inputs identical by content to `collect@1`
+    /// (3f2a9c1b0d4e)").
+    pub cutoff: Option<String>,
 }
 
 /// The result of a run.
@@ -123,6 +128,10 @@ impl RunReport {
                 });
                 if let Some(e) = &s.error {
                     o["error"] = e.clone().into();
+                }
+                o["cutoff"] = s.cutoff.is_some().into();
+                if let Some(r) = &s.cutoff {
+                    o["reason"] = r.clone().into();
                 }
                 o
             })
@@ -413,6 +422,25 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
     Ok(report)
 }
 
+/// The content key of instance `idx` (see [`crate::fingerprint::FpRecord::content_key`]):
+/// its fingerprint inputs with every wired input identified by the content hash of the output
+/// it reads, taken from the upstream manifest. None if an upstream artifact is not complete in
+/// the store (then there is nothing to compare by content).
+pub fn content_key(plan: &Plan, store: &Store, idx: usize) -> Option<String> {
+    input_contents(plan, store, idx).map(|c| plan.instances[idx].record.content_key(&c))
+}
+
+/// Port -> content hash of the upstream output wired to it, for every wired port of instance
+/// `idx`; None if an upstream artifact is not complete in the store.
+fn input_contents(plan: &Plan, store: &Store, idx: usize) -> Option<BTreeMap<String, String>> {
+    let mut contents = BTreeMap::new();
+    for (port, src) in &plan.instances[idx].inputs {
+        let m = store.manifest(&plan.instances[src.instance].fingerprint)?;
+        contents.insert(port.clone(), m.content_of(&src.output)?);
+    }
+    Some(contents)
+}
+
 /// Merges this run's successful instances into the pipeline's run record.
 fn record_run(plan: &Plan, registry: &Registry, store: &Store, report: &RunReport) -> Result<(), StoreError> {
     let mut record = store.last_run(&plan.pipeline.name).unwrap_or_default();
@@ -439,6 +467,16 @@ fn record_run(plan: &Plan, registry: &Registry, store: &Store, report: &RunRepor
                 status: status.get(inst.name.as_str()).map(|s| s.name().to_string()),
             },
         );
+    }
+    // Every instance in the store gets its content index entry (instances cached from a store
+    // written before early cut-off existed have none yet; ran ones already have theirs).
+    for (idx, inst) in plan.instances.iter().enumerate().filter(|(_, i)| ok.contains(i.name.as_str())) {
+        if let Some(key) = content_key(plan, store, idx) {
+            let current = store.content_entry(&key).is_some_and(|e| store.manifest(&e.fingerprint).is_some());
+            if !current && store.manifest(&inst.fingerprint).is_some() {
+                store.put_content_entry(&key, &inst.fingerprint, &inst.name)?;
+            }
+        }
     }
     // An instance this run did not produce keeps its earlier record, marked failed or skipped.
     for (name, r) in record.instances.iter_mut().filter(|(n, _)| !ok.contains(n.as_str())) {
@@ -501,7 +539,28 @@ impl JobCtx {
             rows,
             seconds,
             error,
+            cutoff: None,
         }
+    }
+
+    /// Early cut-off: the instance is not in the store under its fingerprint, but if its
+    /// content key (its inputs by content) names a complete artifact, that artifact becomes
+    /// this instance's (see [`Store::reuse`]) and the instance is reported `cached`. None when
+    /// there is no such artifact or it cannot be reused; the instance then runs.
+    fn cut_off(&self, idx: usize, start: Instant) -> Option<StageReport> {
+        let inst = &self.plan.instances[idx];
+        let key = content_key(&self.plan, &self.store, idx)?;
+        let entry = self.store.content_entry(&key)?;
+        if entry.fingerprint == inst.fingerprint {
+            return None;
+        }
+        let manifest = self.store.reuse(&entry.fingerprint, &inst.fingerprint, &inst.name, &self.output_names(idx)).ok()??;
+        self.store.remove_scratch(&inst.fingerprint);
+        let rows = manifest.rows.map(|total| RowStats { total, computed: 0, reused: total });
+        let mut report = self.report(idx, Status::Cached, rows, start.elapsed().as_secs_f64(), None);
+        let short = entry.fingerprint.get(..12).unwrap_or(&entry.fingerprint);
+        report.cutoff = Some(format!("inputs identical by content to `{}` ({short})", entry.instance));
+        Some(report)
     }
 
     /// Runs one instance to completion on the calling thread and commits its outputs. With
@@ -510,7 +569,8 @@ impl JobCtx {
     fn execute(&self, idx: usize, collective: Arc<dyn Collective>, decide_cache: bool) -> StageReport {
         let start = Instant::now();
         if decide_cache {
-            let mine = self.cached(idx);
+            // Process 0 alone writes the store, so it alone may reuse an artifact by content.
+            let mine = self.cached(idx).or_else(|| if self.process == 0 { self.cut_off(idx, start) } else { None });
             match collective.all_gather(vec![u8::from(mine.is_some())]) {
                 Ok(all) if all.first().is_some_and(|b| b.first() == Some(&1)) => {
                     return mine.unwrap_or_else(|| self.report(idx, Status::Cached, None, 0.0, None));
@@ -520,6 +580,10 @@ impl JobCtx {
                     let name = &self.plan.instances[idx].name;
                     return self.report(idx, Status::Failed, None, start.elapsed().as_secs_f64(), Some(format!("stage `{name}`: {e}")));
                 }
+            }
+        } else if self.process == 0 {
+            if let Some(report) = self.cut_off(idx, start) {
+                return report;
             }
         }
         match self.try_execute(idx, collective) {
@@ -562,14 +626,30 @@ impl JobCtx {
             .map(|(port, src)| (port.clone(), self.store.output_dir(&self.plan.instances[src.instance].fingerprint, &src.output)))
             .collect();
         let out_dirs: BTreeMap<String, PathBuf> = names.iter().map(|n| (n.to_string(), staging_dir.join(n))).collect();
-        let memo_key = kind.row_port().map(|p| {
-            let mut ports = vec![p];
-            ports.extend_from_slice(kind.extra_row_ports());
-            inst.record.memo_key_without(&ports)
-        });
+        // The memo key goes by the content of the other inputs where their manifests are there
+        // (so the memo survives an early cut-off upstream); the fingerprint-based key is read
+        // too (memos written before content keys existed, or without manifests to read).
+        let contents = input_contents(&self.plan, &self.store, idx);
+        let (memo_key, legacy_key) = match kind.row_port() {
+            None => (None, None),
+            Some(p) => {
+                let mut ports = vec![p];
+                ports.extend_from_slice(kind.extra_row_ports());
+                let legacy = inst.record.memo_key_without(&ports);
+                match &contents {
+                    Some(c) => (Some(inst.record.content_memo_key(c, &ports)), Some(legacy)),
+                    None => (Some(legacy), None),
+                }
+            }
+        };
         let (progress, name) = (self.progress.clone(), inst.name.clone());
         let row_progress: crate::rows::RowProgress = Arc::new(move |done, total| progress.rows(&name, done, total));
-        let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress)).with_collective(collective.clone());
+        let engine = MemoRowEngine::new(&self.store, memo_key, inst.seed, inst.round, self.opts.workers, Some(row_progress))
+            .with_collective(collective.clone())
+            .also_reading(legacy_key.into_iter().collect());
+        // The content key is fixed before the stage runs (its inputs are complete and immutable);
+        // it is recorded only after the outputs are committed.
+        let key = contents.as_ref().filter(|_| self.process == 0).map(|c| inst.record.content_key(c));
         let scratch = self.store.scratch_dir(&inst.fingerprint).map_err(|e| StageError::wrap("creating the scratch directory", e))?;
         let mut ctx = RunCtx::new(&inst.name, inst.round, inst.seed, &decl.params, &self.plan.base_dir, inputs, out_dirs, &engine)
             .with_scratch(scratch)
@@ -587,6 +667,9 @@ impl JobCtx {
         let types = outputs.iter().map(|p| (p.name.to_string(), p.ty.name().to_string())).collect();
         self.store.commit(staging, &inst.name, &decl.kind, types, rows.map(|r| r.total)).map_err(|e| StageError::wrap("committing outputs", e))?;
         self.store.remove_scratch(&inst.fingerprint);
+        if let Some(key) = key {
+            self.store.put_content_entry(&key, &inst.fingerprint, &inst.name).map_err(|e| StageError::wrap("recording the content index", e))?;
+        }
         Ok(rows)
     }
 }

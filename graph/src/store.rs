@@ -12,6 +12,8 @@
 //! tmp/                                 staging; anything here is garbage after a crash
 //! scratch/<fingerprint>/               a running instance's resumable state (training
 //!                                      checkpoints); kept across crashes, removed on commit
+//! index/content/<content key>          early cut-off: the fingerprint whose artifact was
+//!                                      computed from inputs with this content (JSON)
 //! ```
 //! Every write is atomic: files are written under a temporary name, fsynced and renamed;
 //! artifact directories are staged in `tmp/` and renamed into place after their manifest is
@@ -65,6 +67,49 @@ pub struct Manifest {
     /// other stages and in manifests written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// Output name -> content hash of the output's files ([`content_hash`]). Absent in
+    /// manifests written before it existed; [`Manifest::content_of`] then derives it from
+    /// `files`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub content: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The content hash of one output: recorded, or derived from the file list (older
+    /// manifests). None if the artifact has no such output.
+    pub fn content_of(&self, output: &str) -> Option<String> {
+        if let Some(h) = self.content.get(output) {
+            return Some(h.clone());
+        }
+        self.outputs.contains_key(output).then(|| content_hash(&self.files, output))
+    }
+}
+
+/// The content hash of output `output` of an artifact with these files: blake3 over the
+/// output's files in the order of their paths relative to the output directory, each as its
+/// length-prefixed relative path, its size and the blake3 of its bytes. It depends only on the
+/// bytes and relative paths, never on the fingerprint, instance name, times or workspace.
+pub fn content_hash(files: &[FileEntry], output: &str) -> String {
+    let prefix = format!("{output}/");
+    let mut own: Vec<(&str, &FileEntry)> = files.iter().filter_map(|f| f.path.strip_prefix(&prefix).map(|rel| (rel, f))).collect();
+    own.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = blake3::Hasher::new();
+    h.update(b"alignflow-content-v1");
+    for (rel, f) in own {
+        h.update(&(rel.len() as u64).to_le_bytes());
+        h.update(rel.as_bytes());
+        h.update(&f.bytes.to_le_bytes());
+        h.update(f.blake3.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// An entry of the content index: the artifact computed from inputs with a given content key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentEntry {
+    pub fingerprint: String,
+    /// The instance that computed it (for the "identical by content to" reason).
+    pub instance: String,
 }
 
 /// What `plan` and `show` need from the last run of a pipeline.
@@ -276,7 +321,49 @@ impl Store {
             let (bytes, blake3) = hash_file(&p)?;
             files.push(FileEntry { path: rel, bytes, blake3 });
         }
-        let manifest = Manifest { fingerprint: staging.fingerprint.clone(), instance: instance.into(), kind: kind.into(), outputs, files, rows };
+        let content = outputs.keys().map(|o| (o.clone(), content_hash(&files, o))).collect();
+        let manifest = Manifest { fingerprint: staging.fingerprint.clone(), instance: instance.into(), kind: kind.into(), outputs, files, rows, content };
+        self.seal(staging, manifest)
+    }
+
+    /// Early cut-off: makes the complete artifact `from` (listing every output in `outputs`)
+    /// the artifact of fingerprint `to` as well, for instance `instance`. Every file is
+    /// hard-linked (copied where links fail) into a staging directory and checked against the
+    /// source manifest's size and blake3; the new manifest (same files, rows and content
+    /// hashes, the new fingerprint and instance) is written last and the directory renamed into
+    /// place, exactly like [`Store::commit`]. Artifacts are never modified after commit, so the
+    /// shared files are safe; every reader sees an ordinary artifact. Ok(None) when the source
+    /// is missing, incomplete or does not match its manifest (the caller then runs the stage).
+    pub fn reuse(&self, from: &str, to: &str, instance: &str, outputs: &[&str]) -> Result<Option<Manifest>, StoreError> {
+        let Some(src) = self.manifest_with(from, outputs) else { return Ok(None) };
+        let src_dir = self.artifact_dir(from);
+        let staging = self.stage(to, &[])?;
+        fs::create_dir_all(&staging.dir).map_err(io(&staging.dir))?;
+        for o in src.outputs.keys() {
+            let d = staging.dir.join(o);
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        for f in &src.files {
+            let (a, b) = (src_dir.join(&f.path), staging.dir.join(&f.path));
+            if let Some(parent) = b.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            if fs::hard_link(&a, &b).is_err() {
+                fs::copy(&a, &b).map_err(io(&b))?;
+            }
+            let (bytes, blake3) = hash_file(&b)?;
+            if bytes != f.bytes || blake3 != f.blake3 {
+                let _ = fs::remove_dir_all(&staging.dir);
+                return Ok(None);
+            }
+        }
+        let content = src.outputs.keys().filter_map(|o| src.content_of(o).map(|h| (o.clone(), h))).collect();
+        let manifest = Manifest { fingerprint: to.to_string(), instance: instance.to_string(), kind: src.kind.clone(), outputs: src.outputs.clone(), files: src.files.clone(), rows: src.rows, content };
+        self.seal(staging, manifest).map(Some)
+    }
+
+    /// Writes the manifest into the staging directory (last) and renames it into place.
+    fn seal(&self, staging: Staging, manifest: Manifest) -> Result<Manifest, StoreError> {
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         write_atomic(&staging.dir.join("MANIFEST.json"), &text)?;
         let target = self.artifact_dir(&staging.fingerprint);
@@ -300,6 +387,34 @@ impl Store {
     /// leftover only costs disk, never correctness, since resumes check what they load).
     pub fn remove_scratch(&self, fingerprint: &str) {
         let _ = fs::remove_dir_all(self.root.join("scratch").join(fingerprint));
+    }
+
+    fn content_index_path(&self, key: &str) -> Option<PathBuf> {
+        // Keys are hex digests; anything else never names a file.
+        (key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.root.join("index").join("content").join(key))
+    }
+
+    /// The content index entry of `key`, if any (an unreadable entry counts as none). The
+    /// entry says only where to look: callers check the artifact it names.
+    pub fn content_entry(&self, key: &str) -> Option<ContentEntry> {
+        let text = fs::read(self.content_index_path(key)?).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Records that the artifact `fingerprint` (of `instance`) was computed from inputs with
+    /// content key `key`. Written atomically and only after the artifact's manifest, so an
+    /// entry never names an artifact that was not committed.
+    pub fn put_content_entry(&self, key: &str, fingerprint: &str, instance: &str) -> Result<(), StoreError> {
+        let Some(path) = self.content_index_path(key) else {
+            return Err(StoreError::Corrupt { path: self.root.join("index/content"), message: format!("bad content key {key:?}") });
+        };
+        if self.content_entry(key).is_some_and(|e| e.fingerprint == fingerprint) {
+            return Ok(());
+        }
+        let dir = path.parent().expect("index/content");
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let entry = ContentEntry { fingerprint: fingerprint.to_string(), instance: instance.to_string() };
+        write_atomic(&path, &serde_json::to_vec(&entry).expect("entry serialises"))
     }
 
     fn memo_dir(&self, key: &str) -> PathBuf {
@@ -436,6 +551,69 @@ mod tests {
         // A truncated file makes the artifact untrusted again.
         fs::write(s.output_dir("fp1", "out").join("table.parquet"), b"da").unwrap();
         assert!(s.manifest("fp1").is_none());
+    }
+
+    #[test]
+    fn content_hash_depends_on_bytes_and_paths_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::at(d.path());
+        let _l = s.lock().unwrap();
+        let outputs: BTreeMap<String, String> = [("out".to_string(), "table".to_string()), ("report".to_string(), "report".to_string())].into();
+        let write = |fp: &str, data: &[u8], report: &[u8]| {
+            let st = s.stage(fp, &["out", "report"]).unwrap();
+            fs::write(st.dir.join("out/table.parquet"), data).unwrap();
+            fs::write(st.dir.join("report/report.json"), report).unwrap();
+            s.commit(st, fp, "k", outputs.clone(), None).unwrap()
+        };
+        let a = write("fpa", b"rows", b"{}");
+        let b = write("fpb", b"rows", b"{\"x\": 1}");
+        let c = write("fpc", b"rows!", b"{}");
+        assert_eq!(a.content["out"], b.content["out"]);
+        assert_ne!(a.content["report"], b.content["report"]);
+        assert_ne!(a.content["out"], c.content["out"]);
+        // An older manifest without content hashes gets the same ones, derived from its files.
+        let mut old = a.clone();
+        old.content.clear();
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("\"content\""));
+        let parsed: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed.content_of("out"), Some(a.content["out"].clone()));
+        assert_eq!(parsed.content_of("missing"), None);
+    }
+
+    #[test]
+    fn reuse_links_a_checked_copy_and_refuses_a_corrupt_source() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::at(d.path());
+        let _l = s.lock().unwrap();
+        let outputs: BTreeMap<String, String> = [("out".to_string(), "table".to_string())].into();
+        let st = s.stage("fp1", &["out"]).unwrap();
+        fs::create_dir_all(st.dir.join("out/sub")).unwrap();
+        fs::write(st.dir.join("out/table.parquet"), b"data").unwrap();
+        fs::write(st.dir.join("out/sub/extra.bin"), b"more").unwrap();
+        let m1 = s.commit(st, "a", "k", outputs.clone(), Some(3)).unwrap();
+        let key = "ab".repeat(32);
+        assert!(s.content_entry(&key).is_none());
+        s.put_content_entry(&key, "fp1", "a").unwrap();
+        assert_eq!(s.content_entry(&key).unwrap().fingerprint, "fp1");
+        assert!(s.put_content_entry("../x", "fp1", "a").is_err());
+
+        let m2 = s.reuse("fp1", "fp2", "a@2", &["out"]).unwrap().expect("reused");
+        assert_eq!((m2.fingerprint.as_str(), m2.instance.as_str(), m2.rows), ("fp2", "a@2", Some(3)));
+        assert_eq!((m2.files.clone(), m2.content.clone()), (m1.files.clone(), m1.content.clone()));
+        assert!(s.verify("fp2").unwrap());
+        assert_eq!(fs::read(s.output_dir("fp2", "out").join("sub/extra.bin")).unwrap(), b"more");
+        // A missing source, a source without a required output, or one whose bytes no longer
+        // match its manifest is not reused.
+        assert!(s.reuse("nope", "fp3", "a", &["out"]).unwrap().is_none());
+        assert!(s.reuse("fp1", "fp3", "a", &["out", "other"]).unwrap().is_none());
+        let p = s.output_dir("fp1", "out").join("table.parquet");
+        fs::remove_file(&p).unwrap();
+        fs::write(&p, b"dAta").unwrap();
+        assert!(s.reuse("fp1", "fp3", "a", &["out"]).unwrap().is_none());
+        assert!(s.manifest("fp3").is_none());
+        // The reused artifact kept its own (linked, then unlinked) file intact.
+        assert!(s.verify("fp2").unwrap());
     }
 
     #[test]
