@@ -1,6 +1,7 @@
-//! `alignflow report FILE [--json] [--out DIR] [--workspace DIR]`: the metrics of a pipeline's
-//! last run per evaluated model (greedy and sampled), as Markdown with PNG plots written into
-//! the workspace (or `--out`), and with `--json` as one JSON object on stdout. The gathering
+//! `alignflow report FILE [--json] [--out DIR] [--workspace DIR]`: a pipeline's last run (the
+//! pipeline graph and what ran or was cached, the metrics per evaluated model, the RLHF stages'
+//! reports, GAtt adherence by turn) as Markdown with PNG plots written into the workspace (or
+//! `--out`), and with `--json` as one JSON object on stdout. The gathering
 //! and rendering live in `stages::report`; this file parses arguments and prints.
 
 use std::path::PathBuf;
@@ -13,9 +14,11 @@ const DEFAULT_WORKSPACE: &str = ".alignflow";
 pub struct ReportArgs {
     /// The pipeline file whose last run to report on.
     pub file: PathBuf,
-    /// Print one JSON object on stdout: {"pipeline", "models": {STAGE: {helpfulness,
-    /// violation_rate, false_refusal_rate, false_refusal_borderline, eos_rate, by_category,
-    /// sampled: {...}}}, "training": {...}}.
+    /// Print one JSON object on stdout, the same as report.json (README, "Report", lists every
+    /// key): {"pipeline", "model_order", "models": {STAGE: {helpfulness, violation_rate,
+    /// false_refusal_rate, false_refusal_borderline, eos_rate, by_category, sampled: {...}}},
+    /// "training", "graph": {"instances", "status_counts"}, "reward_models",
+    /// "rejection_sampling", "ppo", "adherence": {"with_gatt", "without_gatt", ...} | null}.
     #[arg(long)]
     pub json: bool,
     /// Where to write report.md, report.json and the PNG plots (default WORKSPACE/report/NAME).
