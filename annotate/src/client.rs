@@ -48,13 +48,36 @@ pub fn request(
     s.write_all(head.as_bytes())?;
     // A server may answer (413) and close before reading a large body: keep what it said.
     let _ = s.write_all(body);
+    // Read until the reply is complete (servers may keep the connection open despite
+    // `connection: close`): headers, then content-length bytes or the last chunk.
     let mut raw = Vec::new();
-    if let Err(e) = s.read_to_end(&mut raw) {
-        if raw.is_empty() {
-            return Err(e);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if complete(&raw) {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Err(e),
+            Err(_) => break,
         }
     }
     parse(&raw).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad HTTP reply: {:?}", String::from_utf8_lossy(&raw))))
+}
+
+/// Whether `raw` holds a whole reply (false when the length is only known at EOF).
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if let Some(len) = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()) {
+        return body.len() >= len;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
 }
 
 fn parse(raw: &[u8]) -> Option<Reply> {

@@ -55,10 +55,11 @@ pub fn run(a: AnnotateArgs) -> anyhow::Result<ExitCode> {
     let listen = if a.listen.contains(':') && !a.listen.starts_with('[') { format!("[{}]:{}", a.listen, a.port) } else { format!("{}:{}", a.listen, a.port) };
     let n = pairs.len();
     let server = annotate::start(annotate::Config { pairs, answers: answers.clone(), listen, token: token.clone() })?;
+    // A closed stdout (the reader went away) must not stop the server: write errors are ignored.
     let mut out = std::io::stdout().lock();
-    writeln!(out, "http://{}/?token={token}", server.addr)?;
-    writeln!(out, "{n} pairs from {}; answers go to {}; stop with Ctrl-C (every answer is saved when it is sent)", pairs_file.display(), answers.display())?;
-    out.flush()?;
+    let _ = writeln!(out, "http://{}/?token={token}", server.addr);
+    let _ = writeln!(out, "{n} pairs from {}; answers go to {}; stop with Ctrl-C (every answer is saved when it is sent)", pairs_file.display(), answers.display());
+    let _ = out.flush();
     drop(out);
     server.wait()?;
     Ok(ExitCode::SUCCESS)
