@@ -59,9 +59,9 @@ impl Stage for CollectPreferences {
             ParamSpec::float("test_share", 0.0, 1.0, Some(0.1), "share of pairs held out as test data (the paper: 1000 per weekly batch)"),
             ParamSpec::float("label_noise", 0.0, 1.6, Some(1.0), "multiplier on the annotator's flip probabilities (standard: 3/8/15/30% by rating)"),
             ParamSpec::str("annotator", Some("simulated"), "the `annotator` column of new pairs"),
-            ParamSpec::str("human_answers", Some(""), "with annotator = \"human\": the folder (relative to the pipeline file) for the pairs to annotate (pairs_r<round>.parquet) and the answers `alignflow annotate` writes (answers.parquet); docs/annotation.md"),
-            ParamSpec::int("quota", 0, i64::MAX, Some(0), "with annotator = \"human\": answers needed to this round's pairs before the stage completes (0 = all)"),
-            ParamSpec::int("wait_seconds", 0, 7 * 24 * 3600, Some(0), "with annotator = \"human\": how long to wait for the quota before failing with what to run (0 = fail at once)"),
+            ParamSpec::str("human_answers", Some(""), "with annotator = \"human\": the folder (relative to the pipeline file) for the pairs to annotate (pairs_r<round>.parquet) and the answers `alignflow annotate` writes (answers.parquet); docs/annotation.md").added_later(),
+            ParamSpec::int("quota", 0, i64::MAX, Some(0), "with annotator = \"human\": answers needed to this round's pairs before the stage completes (0 = all)").added_later(),
+            ParamSpec::int("wait_seconds", 0, 7 * 24 * 3600, Some(0), "with annotator = \"human\": how long to wait for the quota before failing with what to run (0 = fail at once)").added_later(),
             ParamSpec::int("redraws", 0, 64, Some(4), "while answer B is the same text as answer A, draw B again (from the next sampling stream), at most this many times: nobody can prefer one of two identical texts, and such pairs teach a reward model nothing (0 = keep them)"),
             ParamSpec::bool("drop_identical", Some(true), "leave out prompts whose two answers are still identical after the redraws"),
         ]

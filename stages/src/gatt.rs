@@ -50,7 +50,7 @@ impl Stage for Gatt {
         "gatt"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn doc(&self) -> &'static str {
         "Ghost Attention (Llama 2 §3.3): sample multi-turn dialogues with the instruction concatenated to every user turn, keep it only at the start for training, zero the loss on every earlier turn, fine-tune; writes a model directory like sft's."
@@ -59,7 +59,7 @@ impl Stage for Gatt {
         vec![
             Port::new("model", ArtifactType::Model, "the policy to sample with and fine-tune (HF layout with tokenizer)"),
             Port::new("dialogues", ArtifactType::Table, "GAtt dialogues (the world's `gatt_dialogues`: dialogue schema)"),
-            Port::optional("replay", ArtifactType::Table, "single-turn chats mixed into the fine-tune so that first-turn skills are kept (any table `sft` reads: prompt+response, `messages`, or tokenized), `replay_share` of the examples"),
+            Port::optional("replay", ArtifactType::Table, "single-turn chats mixed into the fine-tune so that first-turn skills are kept (any table `sft` reads: prompt+response, `messages`, or tokenized), `replay_share` of the scored assistant turns"),
         ]
     }
     fn outputs(&self) -> Vec<Port> {
@@ -77,7 +77,7 @@ impl Stage for Gatt {
             ParamSpec::str("loss_turns", Some("last"), "\"last\": loss on the final assistant turn only (the paper's zeroed earlier turns); \"all\": every assistant turn"),
             ParamSpec::bool("repair", Some(true), "rewrite sampled answers that break the instruction so they obey (else drop dialogues whose final answer breaks it)"),
             ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
-            ParamSpec::float("replay_share", 0.0, 0.95, Some(0.5), "with a `replay` table: its share of all training examples (rows drawn in a seeded order, repeated if the table is smaller)").added_later(),
+            ParamSpec::float("replay_share", 0.0, 0.95, Some(0.5), "with a `replay` table: its share of the scored assistant turns (each replayed chat scores one answer; a dialogue scores one turn with loss_turns = last, every turn with all); rows drawn in a seeded order, repeated if the table is smaller").added_later(),
         ]
         .into_iter()
         .chain(crate::sft::train_param_specs(crate::sft::TrainDefaults {
@@ -183,9 +183,11 @@ impl Stage for Gatt {
         }
         let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let dialogue_examples = examples.len();
+        // Scored assistant turns: each starts a run of `true` in its example's mask.
+        let scored_turns: usize = examples.iter().map(|e| e.mask.iter().zip(std::iter::once(&false).chain(e.mask.iter())).filter(|(m, prev)| **m && !**prev).count()).sum();
         let replayed = match ctx.input_opt("replay") {
             Some(_) => {
-                let replay = replay_examples(ctx, &tok, &template, p.float("replay_share")?, dialogue_examples)?;
+                let replay = replay_examples(ctx, &tok, &template, p.float("replay_share")?, scored_turns)?;
                 let n = replay.len();
                 examples.extend(replay);
                 n
@@ -214,6 +216,7 @@ impl Stage for Gatt {
                 "loss_turns": if last_only { "last" } else { "all" },
                 "longest_example_tokens": longest,
                 "dialogue_examples": dialogue_examples,
+                "scored_dialogue_turns": scored_turns,
                 "replay_examples": replayed,
                 "windowed_dialogues": windowed,
                 "seq_len": cfg.seq_len,
@@ -227,9 +230,9 @@ impl Stage for Gatt {
     }
 }
 
-/// `share / (1 - share)` times `dialogues` single-turn examples from the `replay` table, in a
+/// `share / (1 - share)` times `scored_turns` single-turn examples from the `replay` table, in a
 /// seeded order (stable per row), cycling through the table when it is smaller.
-fn replay_examples(ctx: &RunCtx<'_>, tok: &kernels::tokenizer::Tokenizer, template: &ChatTemplate, share: f64, dialogues: usize) -> Result<Vec<Example>, StageError> {
+fn replay_examples(ctx: &RunCtx<'_>, tok: &kernels::tokenizer::Tokenizer, template: &ChatTemplate, share: f64, scored_turns: usize) -> Result<Vec<Example>, StageError> {
     let table = read_input_table(ctx, "replay")?;
     let cols = crate::train::Columns { messages: "messages".into(), text: "text".into() };
     let all = crate::train::examples_from_table(&table, &cols, Some(tok), template, crate::train::LossMode::Sft, "replay")
@@ -237,7 +240,7 @@ fn replay_examples(ctx: &RunCtx<'_>, tok: &kernels::tokenizer::Tokenizer, templa
     if all.is_empty() {
         return Err(StageError::Message("input `replay` has no rows".into()));
     }
-    let want = ((dialogues as f64) * share / (1.0 - share)).round() as usize;
+    let want = ((scored_turns as f64) * share / (1.0 - share)).round() as usize;
     let mut order: Vec<usize> = (0..all.len()).collect();
     order.sort_by_key(|&i| {
         let mut h = blake3::Hasher::new();
