@@ -221,7 +221,10 @@ fn plan_explains_a_parameter_change() {
     let e = graph::explain(&plan, &Store::at(d.path().join("ws")));
     assert!(!e[0].cached);
     assert_eq!(e[0].reasons, ["parameter `n` changed (4 -> 5)"]);
-    assert_eq!(e[1].reasons, ["input `rows` changed (upstream `src` will run)"]);
+    assert_eq!(e[1].reasons, ["input `rows` changed (upstream `src` will run)", graph::explain::CUTOFF_REASON]);
+    // Early cut-off can spare `up` (only its upstream changes), never `src` (a parameter).
+    assert!(e[1].cutoff_possible && !e[0].cutoff_possible);
+    assert_eq!(e[1].to_json()["cutoff_possible"], true);
 }
 
 #[test]
