@@ -75,6 +75,41 @@ fn gatt_small_runs_and_reports_adherence_by_turn() {
         eprintln!("{name}: adherence {a:?}; helpfulness {}; longest prompt {} tokens", rep["helpfulness"], rep["max_prompt_tokens"]);
     }
 
+    // The report pairs the two evaluations: with GAtt (judging the gatt model) and without
+    // (judging the model gatt started from); 20 fractions each (the world's eval dialogues have
+    // 20 turns), index 0 = turn 1; adherence.png and the GAtt loss curve are drawn.
+    let out = common::alignflow(tmp.path(), &["report", file.to_str().unwrap(), "--workspace", ws.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &v["adherence"];
+    assert_eq!(a["with_gatt_stage"], "adherence_gatt", "{a}");
+    assert_eq!(a["without_gatt_stage"], "adherence_sft", "{a}");
+    assert_eq!((a["with_gatt_model"].as_str(), a["without_gatt_model"].as_str()), (Some("gatt"), Some("sft")));
+    for side in ["with_gatt", "without_gatt"] {
+        let list = a[side].as_array().unwrap_or_else(|| panic!("{side}: {a}"));
+        assert_eq!(list.len(), 20, "{side}");
+        assert!(list.iter().all(|x| x.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v))), "{side}: {list:?}");
+        assert_eq!(a["helpfulness_by_turn"][side].as_array().map(|l| l.len()), Some(20), "{side}");
+        assert_eq!(a["adherence_all_so_far"][side].as_array().map(|l| l.len()), Some(20), "{side}");
+    }
+    // The lifted lists are the stages' own.
+    let own: serde_json::Value = serde_json::from_slice(&common::artifact(&ws, &fingerprint(&run, "adherence_gatt"), "report", "report.json")).unwrap();
+    assert_eq!(a["with_gatt"], own["adherence"]);
+    assert_eq!(a["by_instance"]["adherence_sft"]["turns"], 20);
+    assert!(v["training"]["gatt"]["steps"].as_u64().is_some_and(|n| n > 0), "{}", v["training"]);
+    let g = v["graph"]["instances"].as_array().unwrap();
+    let gatt_node = g.iter().find(|i| i["name"] == "gatt").unwrap();
+    assert_eq!(gatt_node["inputs"], serde_json::json!({"model": "sft.model", "dialogues": "world.gatt_dialogues"}));
+    let dir = ws.join("report").join("gatt_small");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("## Ghost Attention: instruction adherence by turn") && md.contains("| 20 |"), "{md}");
+    if common::plot_font() {
+        for png in ["graph.png", "adherence.png", "loss.png"] {
+            common::check_plot(&dir.join(png));
+            assert!(md.contains(&format!("({png})")), "{png} not linked");
+        }
+    }
+
     // A second run changes nothing.
     let again = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
     for s in again["stages"].as_array().unwrap() {

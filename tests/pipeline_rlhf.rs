@@ -89,10 +89,46 @@ fn rlhf_small_runs_three_rounds_and_caches() {
         assert_eq!(m["eval_stage"], format!("eval_round@{r}"));
     }
     assert!(v["models"]["sft"]["helpfulness"].is_number());
+    assert_eq!(v["model_order"], serde_json::json!(["sft", "ppo@1", "ppo@2", "ppo@3"]));
 
-    // Nothing changed: every stage is cached.
+    // The pipeline graph: every instance once, each after the instances it reads, all ran.
+    let g = v["graph"]["instances"].as_array().unwrap();
+    assert_eq!(g.len(), run["stages"].as_array().unwrap().len());
+    let pos = |n: &str| g.iter().position(|i| i["name"] == n).unwrap_or_else(|| panic!("no {n} in the graph"));
+    for (k, i) in g.iter().enumerate() {
+        assert_eq!(i["status"], "ran", "{i}");
+        for (port, src) in i["inputs"].as_object().unwrap() {
+            let src = src.as_str().unwrap();
+            if src != "absent" {
+                let producer = src.split('.').next().unwrap();
+                assert!(pos(producer) < k, "{}: {port} reads {src}, placed later", i["name"]);
+            }
+        }
+    }
+    assert_eq!(g[pos("collect@2")]["inputs"]["policy"], "ppo@1.model");
+    assert_eq!(g[pos("collect@1")]["inputs"]["previous"], "absent");
+    assert_eq!(g[pos("ppo@3")]["kind"], "ppo");
+
+    // Every plot of the RLHF sections exists and is a sane drawing.
+    let dir = ws.join("report").join("rlhf_small");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    if common::plot_font() {
+        for png in ["graph.png", "rounds.png", "reward_models.png", "rejection_sampling.png", "ppo.png", "helpfulness.png", "safety.png", "loss.png"] {
+            common::check_plot(&dir.join(png));
+            assert!(md.contains(&format!("({png})")), "{png} not linked in report.md");
+        }
+    }
+    for section in ["## Pipeline graph", "## Reward models", "## Rejection sampling", "## PPO", "### Round by round", "gold of chosen at K"] {
+        assert!(md.contains(section), "no {section:?} in report.md");
+    }
+    assert!(!dir.join("adherence.png").exists() && v["adherence"].is_null());
+
+    // Nothing changed: every stage is cached, and the report's graph says so.
     let again = run_json(tmp.path(), file.to_str().unwrap(), ws.to_str().unwrap(), &[]);
     for s in again["stages"].as_array().unwrap() {
         assert_eq!(s["status"], "cached", "{s}");
     }
+    let out = common::alignflow(tmp.path(), &["report", file.to_str().unwrap(), "--workspace", ws.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["graph"]["instances"].as_array().unwrap().iter().all(|i| i["status"] == "cached"), "{}", v["graph"]);
 }

@@ -77,13 +77,40 @@ fn report_writes_markdown_plots_and_the_documented_json() {
     let dir = d.path().join("ws").join("report").join("report_mini");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| base |"), "{md}");
-    let font = std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file();
-    for png in ["helpfulness.png", "safety.png", "categories.png", "loss.png"] {
-        let p = dir.join(png);
-        if font {
-            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is not a PNG");
-            assert!(md.contains(png));
+    if plot_font() {
+        for png in ["graph.png", "helpfulness.png", "safety.png", "categories.png", "loss.png"] {
+            check_plot(&dir.join(png));
+            assert!(md.contains(&format!("({png})")), "{png} not linked");
         }
+    } else {
+        assert!(md.contains("No plots"), "{md}");
     }
+    // One model, no RLHF stages, no dialogues: those plots are not drawn and their keys are
+    // empty objects or null (README, "Report").
+    for png in ["rounds.png", "reward_models.png", "rejection_sampling.png", "ppo.png", "adherence.png"] {
+        assert!(!dir.join(png).exists(), "{png} drawn without data");
+    }
+    assert_eq!(v["reward_models"], serde_json::json!({}));
+    assert!(v["adherence"].is_null());
+    assert_eq!(v["model_order"], serde_json::json!(["base"]));
+
+    // The pipeline graph: every instance, dependencies first, what it read, and that it ran.
+    let g = v["graph"]["instances"].as_array().unwrap();
+    let names: Vec<&str> = g.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text", "prompts", "bpe", "base", "judge_base"]);
+    let judge = &g[4];
+    assert_eq!(judge["kind"], "eval");
+    assert_eq!(judge["round"], 0);
+    assert_eq!(judge["inputs"], serde_json::json!({"model": "base.model", "prompts": "prompts.table"}));
+    assert!(g.iter().all(|i| i["status"] == "ran"), "{g:?}");
+    assert_eq!(v["graph"]["status_counts"], serde_json::json!({"ran": 5}));
+    assert!(md.contains("## Pipeline graph") && md.contains("```mermaid") && md.contains("| 5 | `judge_base` | eval |"), "{md}");
+
+    // Run again: the graph says every instance was cached.
+    run_json(d.path(), "p.toml", "ws", &[]);
+    let out = alignflow(d.path(), &["report", "p.toml", "--workspace", "ws", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["graph"]["status_counts"], serde_json::json!({"cached": 5}), "{}", v["graph"]);
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("Last run: 0 ran, 5 cached"), "{md}");
 }

@@ -77,3 +77,31 @@ pub fn two_sources(dir: &Path, docs: usize) {
     write_jsonl(&dir.join("corpus.jsonl"), "c", 0..200);
     write_jsonl(&dir.join("docs.jsonl"), "d", 0..docs);
 }
+
+/// Whether the report can draw plots here (the first font `stages::report` looks for).
+pub fn plot_font() -> bool {
+    Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file()
+}
+
+/// Decodes the report plot at `path` and checks that it is a sane drawing: a PNG between 400
+/// and 4000 pixels wide and 200 and 2000 high, not one flat colour (at least 1 % of its pixels
+/// differ from the corner's background), and with at least 200 clearly coloured pixels (axes and
+/// text are black or grey, so colour means a series was drawn). Returns (width, height).
+pub fn check_plot(path: &Path) -> (u32, u32) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(file).read_info().unwrap_or_else(|e| panic!("{}: not a PNG: {e}", path.display()));
+    let mut buf = vec![0u8; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap_or_else(|e| panic!("{}: cannot decode: {e}", path.display()));
+    let (w, h) = (info.width, info.height);
+    assert!((400..=4000).contains(&w) && (200..=2000).contains(&h), "{}: {w}x{h}", path.display());
+    assert_eq!(info.bit_depth, png::BitDepth::Eight, "{}", path.display());
+    let channels = info.color_type.samples();
+    assert!(channels >= 3, "{}: colour type {:?}", path.display(), info.color_type);
+    let px: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).map(|p| &p[..3]).collect();
+    let background = px[0];
+    let differ = px.iter().filter(|p| **p != background).count();
+    assert!(differ * 100 >= px.len(), "{}: {differ} of {} pixels differ from the background: a flat image", path.display(), px.len());
+    let coloured = px.iter().filter(|p| p.iter().max().unwrap() - p.iter().min().unwrap() > 60).count();
+    assert!(coloured >= 200, "{}: only {coloured} coloured pixels: no series drawn", path.display());
+    (w, h)
+}
