@@ -101,7 +101,8 @@ fn report_writes_markdown_plots_and_the_documented_json() {
     let judge = &g[4];
     assert_eq!(judge["kind"], "eval");
     assert_eq!(judge["round"], 0);
-    assert_eq!(judge["inputs"], serde_json::json!({"model": "base.model", "prompts": "prompts.table"}));
+    // `absent`: an optional port with nothing wired.
+    assert_eq!(judge["inputs"], serde_json::json!({"model": "base.model", "prompts": "prompts.table", "borderline": "absent"}));
     assert!(g.iter().all(|i| i["status"] == "ran"), "{g:?}");
     assert_eq!(v["graph"]["status_counts"], serde_json::json!({"ran": 5}));
     assert!(md.contains("## Pipeline graph") && md.contains("```mermaid") && md.contains("| 5 | `judge_base` | eval |"), "{md}");

@@ -17,8 +17,8 @@ pub struct GraphNode {
     /// 0 outside loops.
     pub round: u32,
     pub fingerprint: String,
-    /// Port -> what it read: `INSTANCE.OUTPUT` for an instance of this run, `absent` for a
-    /// round-1 carry without init, `FINGERPRINT.OUTPUT` (first 12 hex digits) for an artifact
+    /// Port -> what it read: `INSTANCE.OUTPUT` for an instance of this run, `absent` for an
+    /// optional port with nothing wired or a round-1 carry without init, `FINGERPRINT.OUTPUT` (first 12 hex digits) for an artifact
     /// the run record does not name.
     pub inputs: BTreeMap<String, String>,
     /// Producing instances (indices into the node list), for the drawing.
@@ -121,8 +121,8 @@ pub fn markdown(nodes: &[GraphNode], s: &mut String) {
     s.push_str(&format!(
         "The pipeline file unrolled into stage instances (a stage inside a loop is one instance per round, \
          `name@round`), listed so that every instance comes after the instances it reads. \
-         \"Reads\" names the port and the instance output wired to it (`absent`: the first round of a carry \
-         that starts empty). \"Last run\" says what the last `alignflow run` did: `ran` (computed), \
+         \"Reads\" names the port and the instance output wired to it (`absent`: an optional port with nothing \
+         wired, or the first round of a carry that starts empty). \"Last run\" says what the last `alignflow run` did: `ran` (computed), \
          `cached` (its result was already in the workspace, nothing ran), `partial` (a row-wise stage \
          that reused some rows and computed the rest), `failed` or `skipped` (the figures below then \
          come from an earlier run). Last run: {} ran, {} cached, {} partial, {} failed or skipped.\n\n",
