@@ -9,32 +9,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-use datasets::world::{generate_split, Split, WorldConfig};
-
-const BASE: &str = r#"
-[pipeline]
-name = "annotate_mini"
-seed = 4
-
-[stages.text]
-kind = "parquet"
-params = { path = "pretrain.parquet" }
-
-[stages.prompts]
-kind = "parquet"
-params = { path = "eval.parquet" }
-
-[stages.bpe]
-kind = "train_tokenizer"
-inputs = { text = "text.table" }
-params = { vocab_size = 400 }
-
-[stages.base]
-kind = "sft"
-inputs = { data = "text.table", tokenizer = "bpe.tokenizer" }
-params = { mode = "pretrain", hidden_size = 32, layers = 1, heads = 2, kv_heads = 1, intermediate_size = 48, max_seq_len = 128, seq_len = 32, batch_size = 4, max_steps = 5, lr = 3e-3, warmup_steps = 1 }
-"#;
-
 const JUDGE: &str = r#"
 [stages.judge_base]
 kind = "eval"
@@ -55,12 +29,7 @@ params = { annotator = "human", human_answers = "human", quota = 2, max_new_toke
 "#;
 
 fn setup(dir: &Path, extra: &str) {
-    let mut cfg = WorldConfig::standard(2);
-    cfg.sizes.pretrain = 40;
-    cfg.sizes.eval = 8;
-    std::fs::write(dir.join("p.toml"), format!("{BASE}{extra}")).unwrap();
-    datasets::table::write_parquet(&dir.join("pretrain.parquet"), &generate_split(&cfg, Split::Pretrain).unwrap()).unwrap();
-    datasets::table::write_parquet(&dir.join("eval.parquet"), &generate_split(&cfg, Split::Eval).unwrap()).unwrap();
+    write_tiny_model_pipeline(dir, &(tiny_model_pipeline("annotate_mini") + extra));
 }
 
 fn script() -> String {
@@ -167,4 +136,80 @@ fn human_collection_waits_for_its_quota_then_outputs_the_peoples_labels() {
         assert_eq!((r.annotator.as_str(), r.rating.as_str(), r.margin_level), ("human", "slightly_better", 1));
         assert_eq!(r.chosen_score, cand.gold_b);
     }
+}
+
+/// The ONNX classifier as an annotator: TRL-style pairs imported, then `onnx_annotate`
+/// relabels them; every output pair's chosen answer scores no worse than its rejected one by
+/// Python onnxruntime's scores, the rating follows the gap, and the flips are counted.
+#[test]
+fn an_onnx_annotator_turns_classifier_scores_into_preferences() {
+    if let Some(why) = onnx_missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("python3").arg(script()).arg(d.path().join("clf")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers = [
+        ("What is 2 + 3?", "The answer is 5.", "I can't help with that."),
+        ("Reverse the word \"stone\".", "enots", "The reversed word is enots."),
+        ("How do I kill a stuck process?", "Use kill with its process id.", "Hmm, let me think. Maybe 7."),
+        ("What is the capital of Peru?", "The capital of Peru is Lima.", "lima lima lima lima"),
+        ("Sort 5, 2, 9.", "2, 5, 9", "The sorted list is 9, 5, 2."),
+        ("Which is larger, 31 or 13?", "31", "The larger number is 13."),
+    ];
+    let lines: Vec<String> = answers.iter().map(|a| serde_json::json!({ "prompt": a.0, "chosen": a.1, "rejected": a.2 }).to_string()).collect();
+    std::fs::write(d.path().join("trl.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(
+        d.path().join("p.toml"),
+        r#"
+[pipeline]
+name = "onnx_annotate_mini"
+seed = 3
+
+[stages.trl]
+kind = "jsonl"
+params = { path = "trl.jsonl" }
+
+[stages.imported]
+kind = "import_preferences"
+inputs = { table = "trl.table" }
+params = { test_share = 0.0 }
+
+[stages.relabel]
+kind = "onnx_annotate"
+inputs = { pairs = "imported.pairs" }
+params = { model = "clf/classifier.onnx", tokenizer = "clf/tokenizer.json", prefer = "lower", annotator = "toxicity-judge" }
+"#,
+    )
+    .unwrap();
+    let run = run_json(d.path(), "p.toml", "ws", &[]);
+    let fp = stage(&run, "relabel")["fingerprint"].as_str().unwrap().to_string();
+    let table = datasets::table::read_parquet(&d.path().join("ws/artifacts").join(&fp).join("pairs/table.parquet")).unwrap();
+    let s = |c: &str| -> Vec<String> { datasets::table::str_values(&table, c, "pairs").unwrap().into_iter().map(String::from).collect() };
+    let (chosen, rejected, rating, annotator) = (s("chosen"), s("rejected"), s("rating"), s("annotator"));
+    assert_eq!(chosen.len(), answers.len());
+    let mut texts = chosen.clone();
+    texts.extend(rejected.iter().cloned());
+    let py = std::process::Command::new("python3").arg(script()).arg(d.path().join("clf2")).arg("--check").args(&texts).output().unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let scores: Vec<f32> = String::from_utf8_lossy(&py.stdout).lines().map(|l| l.parse().unwrap()).collect();
+    let n = chosen.len();
+    let mut flips = 0;
+    for i in 0..n {
+        let (c, r) = (scores[i], scores[n + i]);
+        assert!(c <= r + 1e-5, "pair {i}: chosen {:?} scores {c} > rejected {:?} {r}", chosen[i], rejected[i]);
+        let gap = (c - r).abs();
+        let want = if gap >= 0.5 { "significantly_better" } else if gap >= 0.25 { "better" } else if gap >= 0.1 { "slightly_better" } else { "negligibly_better" };
+        // Rust and Python scores agree to 1e-5: only a gap that close to a threshold may differ.
+        if [0.5f32, 0.25, 0.1].iter().all(|t| (gap - t).abs() > 1e-4) {
+            assert_eq!(rating[i], want, "pair {i}, gap {gap}");
+        }
+        assert_eq!(annotator[i], "toxicity-judge");
+        let orig = answers.iter().find(|a| a.1 == chosen[i] || a.2 == chosen[i]).unwrap();
+        flips += usize::from(orig.2 == chosen[i]);
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("ws/artifacts").join(&fp).join("report/report.json")).unwrap()).unwrap();
+    assert_eq!(report["flipped_against_input"], flips, "{report}");
+    assert_eq!(report["pairs"], n);
 }

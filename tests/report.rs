@@ -4,31 +4,8 @@
 mod common;
 use common::*;
 
-use datasets::world::{generate_split, Split, WorldConfig};
-
-const PIPELINE: &str = r#"
-[pipeline]
-name = "report_mini"
-seed = 4
-
-[stages.text]
-kind = "parquet"
-params = { path = "pretrain.parquet" }
-
-[stages.prompts]
-kind = "parquet"
-params = { path = "eval.parquet" }
-
-[stages.bpe]
-kind = "train_tokenizer"
-inputs = { text = "text.table" }
-params = { vocab_size = 400 }
-
-[stages.base]
-kind = "sft"
-inputs = { data = "text.table", tokenizer = "bpe.tokenizer" }
-params = { mode = "pretrain", hidden_size = 32, layers = 1, heads = 2, kv_heads = 1, intermediate_size = 48, max_seq_len = 128, seq_len = 32, batch_size = 4, max_steps = 5, lr = 3e-3, warmup_steps = 1 }
-
+/// The stages after the tiny model (`common::tiny_model_pipeline`).
+const JUDGE: &str = r#"
 [stages.judge_base]
 kind = "eval"
 inputs = { model = "base.model", prompts = "prompts.table" }
@@ -36,12 +13,7 @@ params = { samples = 1, max_new_tokens = 4 }
 "#;
 
 fn setup(dir: &std::path::Path) {
-    let mut cfg = WorldConfig::standard(2);
-    cfg.sizes.pretrain = 40;
-    cfg.sizes.eval = 8;
-    std::fs::write(dir.join("p.toml"), PIPELINE).unwrap();
-    datasets::table::write_parquet(&dir.join("pretrain.parquet"), &generate_split(&cfg, Split::Pretrain).unwrap()).unwrap();
-    datasets::table::write_parquet(&dir.join("eval.parquet"), &generate_split(&cfg, Split::Eval).unwrap()).unwrap();
+    write_tiny_model_pipeline(dir, &(tiny_model_pipeline("report_mini") + JUDGE));
 }
 
 #[test]

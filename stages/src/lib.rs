@@ -14,6 +14,7 @@ pub mod eval_dialogue;
 pub mod gatt;
 pub mod human_preferences;
 pub mod jsonl;
+pub mod onnx_annotate;
 pub mod onnx_judge;
 pub mod parquet;
 pub mod source;

@@ -139,7 +139,7 @@ impl Stage for OnnxJudge {
     }
 }
 
-fn file_param(params: &Params, base_dir: &Path, name: &str) -> Result<PathBuf, StageError> {
+pub(crate) fn file_param(params: &Params, base_dir: &Path, name: &str) -> Result<PathBuf, StageError> {
     let p = Path::new(params.str(name)?);
     Ok(if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) })
 }

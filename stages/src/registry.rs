@@ -22,6 +22,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(crate::gatt::Gatt));
     r.register(Arc::new(crate::eval_dialogue::EvalDialogue));
     r.register(Arc::new(crate::onnx_judge::OnnxJudge));
+    r.register(Arc::new(crate::onnx_annotate::OnnxAnnotate));
     r
 }
 

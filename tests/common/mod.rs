@@ -105,3 +105,46 @@ pub fn check_plot(path: &Path) -> (u32, u32) {
     assert!(coloured >= 200, "{}: only {coloured} coloured pixels: no series drawn", path.display());
     (w, h)
 }
+
+/// A tiny pipeline for tests that need one trained model: a pretraining table and an eval
+/// prompt table from the world (Parquet sources), a BPE tokenizer and a 5-step pretraining
+/// run (`base`). Tests append their own stages to [`tiny_model_pipeline`].
+pub fn tiny_model_pipeline(name: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "{name}"
+seed = 4
+
+[stages.text]
+kind = "parquet"
+params = {{ path = "pretrain.parquet" }}
+
+[stages.prompts]
+kind = "parquet"
+params = {{ path = "eval.parquet" }}
+
+[stages.bpe]
+kind = "train_tokenizer"
+inputs = {{ text = "text.table" }}
+params = {{ vocab_size = 400 }}
+
+[stages.base]
+kind = "sft"
+inputs = {{ data = "text.table", tokenizer = "bpe.tokenizer" }}
+params = {{ mode = "pretrain", hidden_size = 32, layers = 1, heads = 2, kv_heads = 1, intermediate_size = 48, max_seq_len = 128, seq_len = 32, batch_size = 4, max_steps = 5, lr = 3e-3, warmup_steps = 1 }}
+"#
+    )
+}
+
+/// Writes `p.toml` (`pipeline`) and the two Parquet tables [`tiny_model_pipeline`] reads
+/// (40 pretraining rows, 8 eval prompts) into `dir`.
+pub fn write_tiny_model_pipeline(dir: &Path, pipeline: &str) {
+    use datasets::world::{generate_split, Split, WorldConfig};
+    let mut cfg = WorldConfig::standard(2);
+    cfg.sizes.pretrain = 40;
+    cfg.sizes.eval = 8;
+    std::fs::write(dir.join("p.toml"), pipeline).unwrap();
+    datasets::table::write_parquet(&dir.join("pretrain.parquet"), &generate_split(&cfg, Split::Pretrain).unwrap()).unwrap();
+    datasets::table::write_parquet(&dir.join("eval.parquet"), &generate_split(&cfg, Split::Eval).unwrap()).unwrap();
+}
