@@ -10,8 +10,8 @@ use std::path::Path;
 use datasets::annotate::{AnnotatorConfig, Rating};
 use graph::{ArtifactType, ParamSpec, Params, Port, RunCtx, Stage, StageError};
 
-use crate::common::{hash_file, read_input_table, write_output_table};
-use crate::onnx_judge::{file_param, Classifier};
+use crate::common::{read_input_table, write_output_table};
+use crate::onnx_judge::{classifier_fingerprint, classifier_params, Classifier};
 use crate::rlhf::pairs::{pairs_batch, read_pairs};
 
 pub struct OnnxAnnotate;
@@ -36,25 +36,19 @@ impl Stage for OnnxAnnotate {
         ]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::str("model", None, "the ONNX classifier, relative to the pipeline file"),
-            ParamSpec::str("tokenizer", None, "its tokenizer.json (Hugging Face tokenizers format), relative to the pipeline file"),
-            ParamSpec::int("label", 0, 1 << 20, Some(1), "with [batch, classes] logits: the class whose softmax probability is the score"),
+        let mut v = classifier_params();
+        v.extend([
             ParamSpec::str("prefer", Some("higher"), "which answer is better: the `higher` score (a quality model) or the `lower` (a toxicity model)"),
             ParamSpec::bool("with_prompt", Some(false), "score \"prompt\\nanswer\" instead of the answer alone"),
             ParamSpec::float("gap_significantly", 0.0, 1.0, Some(0.5), "score gap at or above which the rating is significantly better"),
             ParamSpec::float("gap_better", 0.0, 1.0, Some(0.25), "score gap at or above which it is better"),
             ParamSpec::float("gap_slightly", 0.0, 1.0, Some(0.1), "score gap at or above which it is slightly better (below: negligibly better)"),
             ParamSpec::str("annotator", Some("onnx"), "the `annotator` column of the relabelled pairs"),
-            ParamSpec::int("max_tokens", 1, 1 << 16, Some(256), "texts longer than this many tokens keep their first tokens"),
-            ParamSpec::int("batch_size", 1, 4096, Some(16), "texts per ONNX Runtime call"),
-        ]
+        ]);
+        v
     }
     fn external_fingerprint(&self, params: &Params, base_dir: &Path) -> Result<Option<[u8; 32]>, StageError> {
-        let mut h = blake3::Hasher::new();
-        h.update(&hash_file(&file_param(params, base_dir, "model")?)?);
-        h.update(&hash_file(&file_param(params, base_dir, "tokenizer")?)?);
-        Ok(Some(*h.finalize().as_bytes()))
+        classifier_fingerprint(params, base_dir)
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
         let p = ctx.params;
@@ -70,15 +64,10 @@ impl Stage for OnnxAnnotate {
         let mut cfg = AnnotatorConfig::standard(ctx.seed);
         cfg.gap_thresholds = gaps;
         let pairs = read_pairs(&read_input_table(ctx, "pairs")?, "pairs")?;
-        let classifier = Classifier::load(&file_param(p, ctx.base_dir, "model")?, &file_param(p, ctx.base_dir, "tokenizer")?, p.int("label")? as usize, p.int("max_tokens")? as usize)?;
         let with_prompt = p.bool("with_prompt")?;
         let text = |prompt: &str, answer: &str| if with_prompt { format!("{prompt}\n{answer}") } else { answer.to_string() };
         let texts: Vec<String> = pairs.iter().flat_map(|x| [text(&x.prompt, &x.chosen), text(&x.prompt, &x.rejected)]).collect();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut scores = Vec::with_capacity(refs.len());
-        for chunk in refs.chunks(p.int("batch_size")? as usize) {
-            scores.extend(classifier.score(chunk)?);
-        }
+        let scores = Classifier::from_params(p, ctx.base_dir)?.score_all(&texts, p.int("batch_size")? as usize)?;
         let name = p.str("annotator")?.to_string();
         let (mut flipped, mut ratings) = (0usize, std::collections::BTreeMap::<String, usize>::new());
         let relabelled: Vec<_> = pairs

@@ -48,22 +48,16 @@ impl Stage for OnnxJudge {
         ]
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::str("model", None, "the ONNX classifier, relative to the pipeline file"),
-            ParamSpec::str("tokenizer", None, "its tokenizer.json (Hugging Face tokenizers format), relative to the pipeline file"),
+        let mut v = classifier_params();
+        v.extend([
             ParamSpec::str("column", Some("greedy_response"), "the text column to score"),
-            ParamSpec::int("label", 0, 1 << 20, Some(1), "with [batch, classes] logits: the class whose softmax probability is the score"),
             ParamSpec::str("metric", Some("onnx_score"), "the metric's name in the report"),
             ParamSpec::float("threshold", 0.0, 1.0, Some(0.5), "a score at or above this counts as flagged"),
-            ParamSpec::int("max_tokens", 1, 1 << 16, Some(256), "texts longer than this many tokens keep their first tokens"),
-            ParamSpec::int("batch_size", 1, 4096, Some(16), "texts per ONNX Runtime call"),
-        ]
+        ]);
+        v
     }
     fn external_fingerprint(&self, params: &Params, base_dir: &Path) -> Result<Option<[u8; 32]>, StageError> {
-        let mut h = blake3::Hasher::new();
-        h.update(&hash_file(&file_param(params, base_dir, "model")?)?);
-        h.update(&hash_file(&file_param(params, base_dir, "tokenizer")?)?);
-        Ok(Some(*h.finalize().as_bytes()))
+        classifier_fingerprint(params, base_dir)
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
         let table = read_input_table(ctx, "results")?;
@@ -75,17 +69,7 @@ impl Stage for OnnxJudge {
         } else {
             vec![""; ids.len()]
         };
-        let classifier = Classifier::load(
-            &file_param(ctx.params, ctx.base_dir, "model")?,
-            &file_param(ctx.params, ctx.base_dir, "tokenizer")?,
-            ctx.params.int("label")? as usize,
-            ctx.params.int("max_tokens")? as usize,
-        )?;
-        let batch = ctx.params.int("batch_size")? as usize;
-        let mut scores = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(batch) {
-            scores.extend(classifier.score(chunk)?);
-        }
+        let scores = Classifier::from_params(ctx.params, ctx.base_dir)?.score_all(&texts, ctx.params.int("batch_size")? as usize)?;
         let threshold = ctx.params.float("threshold")? as f32;
         let flagged: Vec<bool> = scores.iter().map(|&s| s >= threshold).collect();
         let schema = Arc::new(Schema::new(vec![
@@ -139,7 +123,7 @@ impl Stage for OnnxJudge {
     }
 }
 
-pub(crate) fn file_param(params: &Params, base_dir: &Path, name: &str) -> Result<PathBuf, StageError> {
+fn file_param(params: &Params, base_dir: &Path, name: &str) -> Result<PathBuf, StageError> {
     let p = Path::new(params.str(name)?);
     Ok(if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) })
 }
@@ -180,6 +164,26 @@ fn environment() -> Result<&'static ort::environment::Environment, StageError> {
 }
 
 /// A loaded classifier and its tokenizer.
+/// The parameters of every stage that runs a user's classifier (`onnx_judge`, `onnx_annotate`).
+pub(crate) fn classifier_params() -> Vec<ParamSpec> {
+    vec![
+        ParamSpec::str("model", None, "the ONNX classifier, relative to the pipeline file"),
+        ParamSpec::str("tokenizer", None, "its tokenizer.json (Hugging Face tokenizers format), relative to the pipeline file"),
+        ParamSpec::int("label", 0, 1 << 20, Some(1), "with [batch, classes] logits: the class whose softmax probability is the score"),
+        ParamSpec::int("max_tokens", 1, 1 << 16, Some(256), "texts longer than this many tokens keep their first tokens"),
+        ParamSpec::int("batch_size", 1, 4096, Some(16), "texts per ONNX Runtime call"),
+    ]
+}
+
+/// The classifier's files (model and tokenizer) as a stage's external fingerprint: editing
+/// either re-runs the stage.
+pub(crate) fn classifier_fingerprint(params: &Params, base_dir: &Path) -> Result<Option<[u8; 32]>, StageError> {
+    let mut h = blake3::Hasher::new();
+    h.update(&hash_file(&file_param(params, base_dir, "model")?)?);
+    h.update(&hash_file(&file_param(params, base_dir, "tokenizer")?)?);
+    Ok(Some(*h.finalize().as_bytes()))
+}
+
 pub struct Classifier {
     session: Mutex<ort::session::Session>,
     tokenizer: tokenizers::Tokenizer,
@@ -210,6 +214,21 @@ impl Classifier {
             return Err(StageError::wrap(ctx("the ONNX model", model), "has no `input_ids` input"));
         }
         Ok(Classifier { session: Mutex::new(session), tokenizer, inputs, label, max_tokens })
+    }
+
+    /// The classifier named by [`classifier_params`].
+    pub(crate) fn from_params(params: &Params, base_dir: &Path) -> Result<Classifier, StageError> {
+        Classifier::load(&file_param(params, base_dir, "model")?, &file_param(params, base_dir, "tokenizer")?, params.int("label")? as usize, params.int("max_tokens")? as usize)
+    }
+
+    /// [`Classifier::score`] over `texts` in calls of at most `batch` texts.
+    pub(crate) fn score_all<S: AsRef<str>>(&self, texts: &[S], batch: usize) -> Result<Vec<f32>, StageError> {
+        let refs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let mut scores = Vec::with_capacity(refs.len());
+        for chunk in refs.chunks(batch.max(1)) {
+            scores.extend(self.score(chunk)?);
+        }
+        Ok(scores)
     }
 
     /// One score in [0, 1] per text.
