@@ -24,6 +24,7 @@ use crate::common::read_input_table;
 use crate::rlhf::policy::{clip_grads, sample_stream, Loaded};
 use crate::rlhf::reward::{gae, logit, token_rewards, whiten};
 use crate::rlhf::scorer::Scorer;
+use crate::train::reduce::{sum_grads, GradPart, GradReduce, ReduceError};
 
 pub struct Ppo;
 
@@ -33,6 +34,9 @@ impl Stage for Ppo {
     }
     fn version(&self) -> u32 {
         1
+    }
+    fn data_parallel(&self) -> bool {
+        true
     }
     fn doc(&self) -> &'static str {
         "Llama 2 PPO: combined safety-gated reward (whiten(logit(Rc))) minus β·per-token KL to the initial policy; value model from a reward model; GAE; clipped policy and value losses over mini-batches; reward/KL/entropy/clip-fraction curves; early stopping on held-out reward (the best policy is kept)."
@@ -77,6 +81,7 @@ impl Stage for Ppo {
             ParamSpec::int("eval_every", 1, 100_000, Some(10), "iterations between held-out evaluations"),
             ParamSpec::int("patience", 1, 1000, Some(3), "stop after this many evaluations without a better held-out reward"),
             ParamSpec::int("heldout_prompts", 1, i64::MAX, Some(200), "held-out prompts used per evaluation (the first n)"),
+            ParamSpec::int("shards", 1, 1024, Some(1), "each mini-batch's answers are split into this many row shards whose gradients are summed in order (the parts a cluster run splits over its processes); changes results only by float summation order").added_later(),
         ]
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
@@ -99,7 +104,8 @@ impl Stage for Ppo {
             Some(d) => Loaded::load(d, "input `value_init`")?,
             None => scorer.helpfulness.with_model(scorer.helpfulness.model.clone()),
         };
-        let outcome = train_ppo(&mut policy, &reference, &mut value, &scorer, &prompts, heldout.as_deref(), &cfg, ctx.seed)?;
+        let reduce = crate::train::reduce::for_collective(ctx.collective());
+        let outcome = train_ppo(&mut policy, &reference, &mut value, &scorer, &prompts, heldout.as_deref(), &cfg, ctx.seed, reduce.as_ref())?;
         policy.save(ctx.output("model")?, "output `model`")?;
         value.save(ctx.output("value")?, "output `value`")?;
         write_report(ctx, "report", &outcome)
@@ -128,6 +134,8 @@ pub struct PpoConfig {
     pub eval_every: usize,
     pub patience: usize,
     pub heldout_prompts: usize,
+    /// Row shards per mini-batch: the step's parts (see `train::reduce`).
+    pub shards: usize,
 }
 
 impl PpoConfig {
@@ -155,6 +163,7 @@ impl PpoConfig {
             eval_every: u("eval_every")?,
             patience: u("patience")?,
             heldout_prompts: u("heldout_prompts")?,
+            shards: u("shards")?,
         })
     }
 }
@@ -192,11 +201,30 @@ fn batch_indices(n: usize, batch: usize, it: usize, seed: u64) -> Vec<usize> {
         .collect()
 }
 
-/// Samples answers and returns (rows, prompt lengths, texts).
-fn sample(policy: &Loaded, prompts: &[&PromptRow], sp: &SamplingParams, stream_seed: u64) -> Result<(Vec<Vec<u32>>, Vec<usize>, Vec<String>), StageError> {
+/// Samples answers and returns (rows, prompt lengths, texts). Answer i samples from its own
+/// stream and does not depend on the batch it is generated in, so in a cluster run each process
+/// generates the answers it owns (i mod N) and the processes exchange them.
+fn sample(policy: &Loaded, prompts: &[&PromptRow], sp: &SamplingParams, stream_seed: u64, reduce: &dyn GradReduce) -> Result<(Vec<Vec<u32>>, Vec<usize>, Vec<String>), StageError> {
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| policy.prompt_ids(&p.prompt)).collect::<Result<_, _>>()?;
     let streams: Vec<u64> = (0..prompts.len()).map(|i| sample_stream(stream_seed, i as u64)).collect();
-    let generated = policy.generate(&ids, &streams, sp)?;
+    let generated = if reduce.processes() == 1 {
+        policy.generate(&ids, &streams, sp)?
+    } else {
+        let mine: Vec<usize> = (0..ids.len()).filter(|&i| reduce.owns(i)).collect();
+        let pick = |v: &[u64]| mine.iter().map(|&i| v[i]).collect::<Vec<u64>>();
+        let my_ids: Vec<Vec<u32>> = mine.iter().map(|&i| ids[i].clone()).collect();
+        let out = policy.generate(&my_ids, &pick(&streams), sp)?;
+        let all = reduce.exchange(encode_answers(&mine, &out)).map_err(|e| StageError::wrap("PPO rollouts", e))?;
+        let mut slots: Vec<Option<Vec<u32>>> = vec![None; ids.len()];
+        for (process, bytes) in all.iter().enumerate() {
+            for (i, answer) in decode_answers(bytes).ok_or_else(|| StageError::wrap("PPO rollouts", ReduceError::Malformed { process }))? {
+                if let Some(slot) = slots.get_mut(i) {
+                    *slot = Some(answer);
+                }
+            }
+        }
+        slots.into_iter().enumerate().map(|(i, a)| a.ok_or_else(|| StageError::Message(format!("PPO rollouts: answer {i} is missing after the exchange")))).collect::<Result<_, _>>()?
+    };
     let texts: Vec<String> = generated.iter().map(|g| policy.decode(g)).collect::<Result<_, _>>()?;
     let plen = ids.iter().map(Vec::len).collect();
     let rows = ids.into_iter().zip(generated).map(|(mut p, g)| {
@@ -204,6 +232,32 @@ fn sample(policy: &Loaded, prompts: &[&PromptRow], sp: &SamplingParams, stream_s
         p
     }).collect();
     Ok((rows, plen, texts))
+}
+
+/// Little-endian (index, length, token ids) per answer.
+fn encode_answers(index: &[usize], answers: &[Vec<u32>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, a) in index.iter().zip(answers) {
+        out.extend((*i as u64).to_le_bytes());
+        out.extend((a.len() as u64).to_le_bytes());
+        for t in a {
+            out.extend(t.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_answers(mut b: &[u8]) -> Option<Vec<(usize, Vec<u32>)>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (head, rest) = b.split_at_checked(16)?;
+        let i = u64::from_le_bytes(head[..8].try_into().ok()?) as usize;
+        let n = u64::from_le_bytes(head[8..].try_into().ok()?) as usize;
+        let (body, rest) = rest.split_at_checked(n.checked_mul(4)?)?;
+        out.push((i, body.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()));
+        b = rest;
+    }
+    Some(out)
 }
 
 /// Log-probs of the answer tokens of each row under `model`.
@@ -223,8 +277,9 @@ fn answer_values(model: &Llama, rows: &[Vec<u32>], plen: &[usize]) -> Result<Vec
         .collect())
 }
 
-fn rollout(policy: &Loaded, reference: &Llama, value: &Loaded, scorer: &Scorer, prompts: &[&PromptRow], cfg: &PpoConfig, stream_seed: u64) -> Result<Rollout, StageError> {
-    let (rows, plen, texts) = sample(policy, prompts, &cfg.sampling, stream_seed)?;
+#[allow(clippy::too_many_arguments)]
+fn rollout(policy: &Loaded, reference: &Llama, value: &Loaded, scorer: &Scorer, prompts: &[&PromptRow], cfg: &PpoConfig, stream_seed: u64, reduce: &dyn GradReduce) -> Result<Rollout, StageError> {
+    let (rows, plen, texts) = sample(policy, prompts, &cfg.sampling, stream_seed, reduce)?;
     let old_logp = answer_logprobs(&policy.model, &rows, &plen)?;
     let ref_logp = answer_logprobs(reference, &rows, &plen)?;
     let old_values = answer_values(&value.model, &rows, &plen)?;
@@ -317,25 +372,29 @@ fn entropy(logits: &[f32]) -> f32 {
     }).sum::<f32>()
 }
 
-/// One policy and one value gradient step on the answers `idx` of the rollout.
-#[allow(clippy::too_many_arguments)]
-fn minibatch_step(
-    policy: &mut Llama,
-    value: &mut Llama,
-    opt_p: &mut AdamW,
-    opt_v: &mut AdamW,
-    ro: &Rollout,
-    idx: &[usize],
-    cfg: &PpoConfig,
-) -> Result<StepStats, StageError> {
-    let rows: Vec<Vec<u32>> = idx.iter().map(|&i| ro.rows[i].clone()).collect();
-    let tokens: usize = idx.iter().map(|&i| ro.advantages[i].len()).sum();
-    let w = 1.0 / tokens.max(1) as f32;
+impl StepStats {
+    fn to_metrics(self) -> Vec<f64> {
+        vec![self.policy_loss, self.value_loss, self.entropy, self.clip_fraction]
+    }
+    fn add_metrics(&mut self, m: &[f64]) {
+        if let [p, v, e, c] = m {
+            self.policy_loss += p;
+            self.value_loss += v;
+            self.entropy += e;
+            self.clip_fraction += c;
+        }
+    }
+}
+
+/// The policy and value gradients of the answers `part` of a mini-batch whose answer tokens
+/// each weigh `w` (1 / the mini-batch's answer tokens), and the part's statistics.
+fn part_grads(policy: &Llama, value: &Llama, ro: &Rollout, part: &[usize], w: f32, cfg: &PpoConfig) -> Result<(Grads, Grads, StepStats), StageError> {
+    let rows: Vec<Vec<u32>> = part.iter().map(|&i| ro.rows[i].clone()).collect();
     let mut st = StepStats::default();
     // Policy: targets only at answer positions.
     let fwd = policy.forward(&rows, true).map_err(|e| StageError::wrap("PPO policy forward", e))?;
     let mut targets = vec![IGNORE; fwd.batch.tokens.len()];
-    for (k, &i) in idx.iter().enumerate() {
+    for (k, &i) in part.iter().enumerate() {
         let s = fwd.batch.spans[k];
         for j in 0..ro.advantages[i].len() {
             let t = ro.prompt_len[i] - 1 + j;
@@ -344,7 +403,7 @@ fn minibatch_step(
     }
     let lp = fwd.target_logprobs(&targets);
     let mut coef = vec![0.0f32; lp.len()];
-    for (k, &i) in idx.iter().enumerate() {
+    for (k, &i) in part.iter().enumerate() {
         let s = fwd.batch.spans[k];
         for j in 0..ro.advantages[i].len() {
             let pos = s.offset + ro.prompt_len[i] - 1 + j;
@@ -355,14 +414,12 @@ fn minibatch_step(
             st.entropy += (entropy(&fwd.out[pos * fwd.out_width..(pos + 1) * fwd.out_width]) * w) as f64;
         }
     }
-    let mut grads = policy.backward(&fwd, HeadGrad::Logprobs { targets: &targets, coef: &coef }).map_err(|e| StageError::wrap("PPO policy backward", e))?;
+    let pg = policy.backward(&fwd, HeadGrad::Logprobs { targets: &targets, coef: &coef }).map_err(|e| StageError::wrap("PPO policy backward", e))?;
     drop(fwd);
-    clip_grads(&mut grads, cfg.grad_clip);
-    opt_p.update(policy, &grads, cfg.lr as f32).map_err(|e| StageError::wrap("PPO policy update", e))?;
     // Value model: the head's output at the answer positions.
     let vf = value.forward(&rows, true).map_err(|e| StageError::wrap("PPO value forward", e))?;
     let mut ds = vec![0.0f32; vf.out.len()];
-    for (k, &i) in idx.iter().enumerate() {
+    for (k, &i) in part.iter().enumerate() {
         let s = vf.batch.spans[k];
         for j in 0..ro.advantages[i].len() {
             let pos = s.offset + ro.prompt_len[i] - 1 + j;
@@ -371,7 +428,47 @@ fn minibatch_step(
             ds[pos * vf.out_width] = g * w;
         }
     }
-    let mut vg: Grads = value.backward(&vf, HeadGrad::Scores { dscores: &ds }).map_err(|e| StageError::wrap("PPO value backward", e))?;
+    let vg: Grads = value.backward(&vf, HeadGrad::Scores { dscores: &ds }).map_err(|e| StageError::wrap("PPO value backward", e))?;
+    Ok((pg, vg, st))
+}
+
+/// One policy and one value gradient step on the answers `idx` of the rollout. The answers are
+/// split into `cfg.shards` row shards, the step's parts: in a cluster run each process computes
+/// the parts it owns, and every process adds all parts' gradients and statistics in part order
+/// (the same float operations as one process), then clips and takes both AdamW steps.
+#[allow(clippy::too_many_arguments)]
+fn minibatch_step(
+    policy: &mut Llama,
+    value: &mut Llama,
+    opt_p: &mut AdamW,
+    opt_v: &mut AdamW,
+    ro: &Rollout,
+    idx: &[usize],
+    cfg: &PpoConfig,
+    reduce: &dyn GradReduce,
+) -> Result<StepStats, StageError> {
+    let tokens: usize = idx.iter().map(|&i| ro.advantages[i].len()).sum();
+    let w = 1.0 / tokens.max(1) as f32;
+    let parts: Vec<&[usize]> = idx.chunks(idx.len().div_ceil(cfg.shards.max(1)).max(1)).collect();
+    let (mut mine_p, mut mine_v) = (Vec::new(), Vec::new());
+    for (j, part) in parts.iter().enumerate().filter(|(j, _)| reduce.owns(*j)) {
+        let (pg, vg, st) = part_grads(policy, value, ro, part, w, cfg)?;
+        mine_p.push(GradPart { index: j, loss: 0.0, grads: pg, metrics: st.to_metrics() });
+        mine_v.push(GradPart::new(j, 0.0, vg));
+    }
+    let gather = |mine, what: &str| reduce.gather(mine, parts.len()).map_err(|e| StageError::wrap(format!("PPO {what} gradients"), e));
+    let all_p = gather(mine_p, "policy")?;
+    let all_v = gather(mine_v, "value")?;
+    let mut st = StepStats::default();
+    for p in &all_p {
+        st.add_metrics(&p.metrics);
+    }
+    let empty = || StageError::Message("PPO: a mini-batch without answers".into());
+    let mut grads = sum_grads(all_p).ok_or_else(empty)?;
+    clip_grads(&mut grads, cfg.grad_clip);
+    opt_p.update(policy, &grads, cfg.lr as f32).map_err(|e| StageError::wrap("PPO policy update", e))?;
+    drop(grads);
+    let mut vg = sum_grads(all_v).ok_or_else(empty)?;
     clip_grads(&mut vg, cfg.grad_clip);
     opt_v.update(value, &vg, cfg.value_lr as f32).map_err(|e| StageError::wrap("PPO value update", e))?;
     Ok(st)
@@ -379,9 +476,9 @@ fn minibatch_step(
 
 /// Mean combined reward of the policy's answers to the held-out prompts (fixed sampling
 /// streams, so evaluations differ only by the policy).
-fn heldout_reward(policy: &Loaded, scorer: &Scorer, heldout: &[PromptRow], cfg: &PpoConfig, seed: u64) -> Result<f64, StageError> {
+fn heldout_reward(policy: &Loaded, scorer: &Scorer, heldout: &[PromptRow], cfg: &PpoConfig, seed: u64, reduce: &dyn GradReduce) -> Result<f64, StageError> {
     let refs: Vec<&PromptRow> = heldout.iter().collect();
-    let (_, _, texts) = sample(policy, &refs, &cfg.sampling, seed ^ 0x4845_4C44)?;
+    let (_, _, texts) = sample(policy, &refs, &cfg.sampling, seed ^ 0x4845_4C44, reduce)?;
     let p: Vec<&str> = heldout.iter().map(|p| p.prompt.as_str()).collect();
     let tags: Vec<bool> = heldout.iter().map(|p| p.is_safety).collect();
     let a: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -390,7 +487,8 @@ fn heldout_reward(policy: &Loaded, scorer: &Scorer, heldout: &[PromptRow], cfg: 
 }
 
 /// The PPO loop. Leaves the best policy (by held-out reward, when held-out prompts are given;
-/// else the last) in `policy`; returns the report.
+/// else the last) in `policy`; returns the report. `reduce` splits rollouts and gradient parts
+/// over the processes of a cluster run (every process ends with the same models).
 #[allow(clippy::too_many_arguments)]
 pub fn train_ppo(
     policy: &mut Loaded,
@@ -401,6 +499,7 @@ pub fn train_ppo(
     heldout: Option<&[PromptRow]>,
     cfg: &PpoConfig,
     seed: u64,
+    reduce: &dyn GradReduce,
 ) -> Result<serde_json::Value, StageError> {
     let mut opt_p = AdamW::new(AdamWConfig::llama2(cfg.weight_decay as f32), &policy.model);
     let mut opt_v = AdamW::new(AdamWConfig::llama2(cfg.weight_decay as f32), &value.model);
@@ -411,7 +510,7 @@ pub fn train_ppo(
     let mut stopped_early = false;
     let evaluate = |policy: &Loaded, it: usize, evals: &mut Vec<serde_json::Value>| -> Result<Option<f64>, StageError> {
         let Some(h) = heldout else { return Ok(None) };
-        let r = heldout_reward(policy, scorer, h, cfg, seed)?;
+        let r = heldout_reward(policy, scorer, h, cfg, seed, reduce)?;
         evals.push(serde_json::json!({ "iteration": it, "heldout_reward": r }));
         Ok(Some(r))
     };
@@ -421,13 +520,13 @@ pub fn train_ppo(
     for it in 0..cfg.iterations {
         let idx = batch_indices(prompts.len(), cfg.batch_prompts, it, seed);
         let batch: Vec<&PromptRow> = idx.iter().map(|&i| &prompts[i]).collect();
-        let ro = rollout(policy, reference, value, scorer, &batch, cfg, sample_stream(seed, it as u64))?;
+        let ro = rollout(policy, reference, value, scorer, &batch, cfg, sample_stream(seed, it as u64), reduce)?;
         let mut agg = StepStats::default();
         let mut steps = 0usize;
         for _ in 0..cfg.ppo_epochs {
             let order: Vec<usize> = (0..ro.rows.len()).collect();
             for mb in order.chunks(cfg.minibatch) {
-                let s = minibatch_step(&mut policy.model, &mut value.model, &mut opt_p, &mut opt_v, &ro, mb, cfg)?;
+                let s = minibatch_step(&mut policy.model, &mut value.model, &mut opt_p, &mut opt_v, &ro, mb, cfg, reduce)?;
                 agg.policy_loss += s.policy_loss;
                 agg.value_loss += s.value_loss;
                 agg.entropy += s.entropy;
@@ -514,6 +613,45 @@ mod tests {
         assert_eq!(batch_indices(10, 4, 1, 3), batch_indices(10, 4, 1, 3));
     }
 
+    /// PPO over two "processes" (threads with an in-memory all-gather): rollouts split by
+    /// answer, mini-batch shards split by part; both processes end with the policy, the value
+    /// model and the report of one process, bit for bit (with 3 shards, and with 1, where
+    /// process 1 only samples).
+    #[test]
+    fn two_processes_give_the_one_process_result_bit_for_bit() {
+        let work = tempfile::tempdir().unwrap();
+        tiny_policy(&work.path().join("policy"), 13);
+        let start = Loaded::load(&work.path().join("policy"), "p").unwrap();
+        let rm = start.reward_model_init(5).unwrap();
+        let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: Some(start.reward_model_init(6).unwrap()), threshold: 0.15 };
+        let rows = datasets::schema::prompt_rows(&prompts(14), "p").unwrap();
+        for shards in [3, 1] {
+            let cfg = PpoConfig {
+                iterations: 2, batch_prompts: 7, minibatch: 5, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
+                gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
+                sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
+                safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 3, shards,
+            };
+            let run = |reduce: &dyn GradReduce| {
+                let mut policy = start.with_model(start.model.clone());
+                let mut value = rm.with_model(rm.model.clone());
+                let report = train_ppo(&mut policy, &start.model, &mut value, &scorer, &rows[..10], Some(&rows[10..]), &cfg, 1, reduce).unwrap();
+                let params = |m: &Llama| m.params().iter().map(|t| t.to_vec()).collect::<Vec<Vec<f32>>>();
+                (params(&policy.model), params(&value.model), report.to_string())
+            };
+            let one = run(&crate::train::Local);
+            let runs: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = crate::train::reduce::testing::processes(2).into_iter().map(|r| s.spawn(move || run(r.as_ref()))).collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (p, r) in runs.iter().enumerate() {
+                assert!(r.0 == one.0, "shards {shards}, process {p}: policy differs from one process");
+                assert!(r.1 == one.1, "shards {shards}, process {p}: value model differs");
+                assert_eq!(r.2, one.2, "shards {shards}, process {p}: report differs");
+            }
+        }
+    }
+
     /// A short PPO run on a tiny model: finite curves with every field, KL starts at zero (the
     /// first rollout's policy is the reference), the policy changes, and with a held-out set
     /// the returned policy is the best evaluated.
@@ -531,9 +669,9 @@ mod tests {
             iterations: 3, batch_prompts: 4, minibatch: 2, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
             gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
             sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
-            safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 4,
+            safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 4, shards: 1,
         };
-        let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1).unwrap();
+        let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1, &crate::train::Local).unwrap();
         let curve = report["curve"].as_array().unwrap();
         assert_eq!(curve.len(), 3);
         assert!(curve[0]["kl"].as_f64().unwrap().abs() < 1e-4, "{}", curve[0]);

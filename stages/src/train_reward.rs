@@ -20,6 +20,7 @@ use crate::common::read_input_table;
 use crate::rlhf::pairs::read_pairs;
 use crate::rlhf::policy::{clip_grads, Loaded};
 use crate::rlhf::reward::MarginTable;
+use crate::train::reduce::{GradPart, GradReduce};
 
 pub struct TrainReward;
 
@@ -29,6 +30,9 @@ impl Stage for TrainReward {
     }
     fn version(&self) -> u32 {
         1
+    }
+    fn data_parallel(&self) -> bool {
+        true
     }
     fn doc(&self) -> &'static str {
         "Llama 2 reward model: initialised from the policy with a fresh scalar head (`score.weight`), trained with -log σ(r_c - r_r - m(rating)) (margin none|small|large, Table 27) on the node's track plus other pairs (helpfulness ~50/50, safety 90/10), 1 epoch by default; reports held-out accuracy by rating level against the gold preference and the labels."
@@ -76,7 +80,8 @@ impl Stage for TrainReward {
         if train_set.is_empty() {
             return Err(StageError::Message(format!("no `train` pairs for the {} reward model (of {} pairs)", cfg.track, pairs.len())));
         }
-        let curve = train_rm(&mut rm, &train_set, &cfg, ctx.seed, ctx.instance)?;
+        let reduce = crate::train::reduce::for_collective(ctx.collective());
+        let curve = train_rm(&mut rm, &train_set, &cfg, ctx.seed, ctx.instance, reduce.as_ref())?;
         let test: Vec<&PreferencePairRow> = pairs.iter().filter(|p| p.split == "test" && p.track == cfg.track).collect();
         let eval = evaluate(&rm, &test, &families)?;
         rm.save(ctx.output("model")?, "output `model`")?;
@@ -184,8 +189,10 @@ struct RmPoint {
 
 /// Trains `rm` in place: seeded shuffle per epoch, steps of `batch_pairs` pairs (the last
 /// step of the run may be smaller), each the mean loss over its pairs (micro-batches weighted
-/// by their share of the step), clipped, AdamW with warm-up and cosine.
-fn train_rm(rm: &mut Loaded, pairs: &[PreferencePairRow], cfg: &RmConfig, seed: u64, label: &str) -> Result<Vec<RmPoint>, StageError> {
+/// by their share of the step), clipped, AdamW with warm-up and cosine. The micro-batches are
+/// the step's parts for `reduce` (data-parallel over the processes of a cluster run, bit-identical
+/// to one process).
+fn train_rm(rm: &mut Loaded, pairs: &[PreferencePairRow], cfg: &RmConfig, seed: u64, label: &str, reduce: &dyn GradReduce) -> Result<Vec<RmPoint>, StageError> {
     let encode = |p: &PreferencePairRow| -> Result<(Vec<u32>, Vec<u32>, f32), StageError> {
         let cut = |ids: Vec<u32>| ids[ids.len().saturating_sub(cfg.max_tokens)..].to_vec();
         let level = Rating::parse(&p.rating).map(|r| r.margin_level()).unwrap_or(p.margin_level);
@@ -205,18 +212,27 @@ fn train_rm(rm: &mut Loaded, pairs: &[PreferencePairRow], cfg: &RmConfig, seed: 
     let mut opt = AdamW::new(AdamWConfig::llama2(cfg.weight_decay as f32), &rm.model);
     let mut curve = Vec::with_capacity(total);
     for (step, batch) in steps.iter().enumerate() {
-        let mut grads = Grads::zeros(&rm.model);
-        let (mut loss, mut acc) = (0.0f32, 0.0f32);
-        for micro in batch.chunks(cfg.micro_pairs) {
+        // The step's parts are its micro-batches; in a cluster run each process computes the
+        // ones it owns and the parts are all-gathered, then every process adds them in part
+        // order: the same float operations as on one process.
+        let micros: Vec<&[usize]> = batch.chunks(cfg.micro_pairs).collect();
+        let mut mine = Vec::new();
+        for (j, micro) in micros.iter().enumerate().filter(|(j, _)| reduce.owns(*j)) {
             let share = micro.len() as f32 / batch.len() as f32;
             let c: Vec<Vec<u32>> = micro.iter().map(|&i| encoded[i].0.clone()).collect();
             let r: Vec<Vec<u32>> = micro.iter().map(|&i| encoded[i].1.clone()).collect();
             let m: Vec<f32> = micro.iter().map(|&i| encoded[i].2).collect();
             let (l, mut g, a) = rm.model.pairwise_reward_grads(&c, &r, &m).map_err(|e| StageError::wrap(format!("{label}: reward-model step {step}"), e))?;
             g.scale(share);
-            grads.add_assign(&g);
-            loss += l * share;
-            acc += a * share;
+            mine.push(GradPart { index: j, loss: l * share, grads: g, metrics: vec![f64::from(a * share)] });
+        }
+        let parts = reduce.gather(mine, micros.len()).map_err(|e| StageError::wrap(format!("{label}: reward-model step {step}"), e))?;
+        let mut grads = Grads::zeros(&rm.model);
+        let (mut loss, mut acc) = (0.0f32, 0.0f32);
+        for p in &parts {
+            grads.add_assign(&p.grads);
+            loss += p.loss;
+            acc += p.metrics.first().copied().unwrap_or(0.0) as f32;
         }
         if !loss.is_finite() {
             return Err(StageError::Message(format!("{label}: reward-model loss is not finite at step {step}")));
@@ -347,6 +363,42 @@ mod tests {
         assert_eq!(agrees_with_gold(&flipped, 0.0, 1.0), Some(true));
         assert_eq!(agrees_with_gold(&pair("c", "h", "t", "x", "y", Rating::Better, (0.5, 0.5)), 1.0, 0.0), None);
         assert_eq!(agrees_with_gold(&pair("d", "h", "t", "x", "y", Rating::Better, (f32::NAN, 0.5)), 1.0, 0.0), None);
+    }
+
+    /// Data-parallel training over two "processes" (threads with an in-memory all-gather)
+    /// ends with weights and a curve bit-identical to one process: the micro-batches are the
+    /// parts, added in order everywhere.
+    #[test]
+    fn two_processes_train_the_same_reward_model_bit_for_bit() {
+        let work = tempfile::tempdir().unwrap();
+        tiny_policy(&work.path().join("policy"), 7);
+        let policy = Loaded::load(&work.path().join("policy"), "p").unwrap();
+        let pairs: Vec<PreferencePairRow> = (0..22)
+            .map(|i| {
+                let mut p = pair(&format!("p{i}"), "helpfulness", "train", &format!("The answer is {}.", i % 9), "I can't help with that.", Rating::Better, (1.0, 0.1));
+                p.prompt = format!("What is {} + 1?", i % 9);
+                p
+            })
+            .collect();
+        let cfg = RmConfig {
+            track: "helpfulness".into(), margin: MarginTable::Small, other_ratio: 1.0, epochs: 2, lr: 3e-3, min_lr_ratio: 0.1, warmup_share: 0.03,
+            min_warmup: 1, batch_pairs: 10, micro_pairs: 3, weight_decay: 0.1, clip: 1.0, max_tokens: 32,
+        };
+        let train = |reduce: &dyn GradReduce| {
+            let mut rm = policy.reward_model_init(3).unwrap();
+            let curve = train_rm(&mut rm, &pairs, &cfg, 5, "rm", reduce).unwrap();
+            let curve: Vec<(f32, f32, f32)> = curve.iter().map(|p| (p.loss, p.accuracy, p.grad_norm)).collect();
+            (rm.model.params().iter().map(|t| t.to_vec()).collect::<Vec<Vec<f32>>>(), curve)
+        };
+        let one = train(&crate::train::Local);
+        let runs: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = crate::train::reduce::testing::processes(2).into_iter().map(|r| s.spawn(move || train(r.as_ref()))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (p, run) in runs.iter().enumerate() {
+            assert!(run.0 == one.0, "process {p}: weights differ from one process");
+            assert_eq!(run.1, one.1, "process {p}: curve differs");
+        }
     }
 
     /// A reward model learns a clearly separable preference (a right answer over a refusal),

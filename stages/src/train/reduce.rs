@@ -25,6 +25,15 @@ pub struct GradPart {
     pub index: usize,
     pub loss: f32,
     pub grads: Grads,
+    /// Further per-part numbers a trainer sums in part order with the gradients (the reward
+    /// model's accuracy, PPO's statistics); empty for language models.
+    pub metrics: Vec<f64>,
+}
+
+impl GradPart {
+    pub fn new(index: usize, loss: f32, grads: Grads) -> GradPart {
+        GradPart { index, loss, grads, metrics: Vec::new() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +67,9 @@ pub trait GradReduce: Send + Sync + std::fmt::Debug {
     fn gather(&self, mine: Vec<GradPart>, parts: usize) -> Result<Vec<GradPart>, ReduceError>;
     /// Checks that every process passes the same value (e.g. the step a resume starts at).
     fn agree(&self, what: &str, value: u64) -> Result<(), ReduceError>;
+    /// Every process's bytes, in process order (for work split by row rather than by
+    /// gradient, such as PPO's rollouts: each process samples the rows it owns).
+    fn exchange(&self, mine: Vec<u8>) -> Result<Vec<Vec<u8>>, ReduceError>;
 }
 
 /// One process: owns every part.
@@ -78,6 +90,9 @@ impl GradReduce for Local {
     }
     fn agree(&self, _what: &str, _value: u64) -> Result<(), ReduceError> {
         Ok(())
+    }
+    fn exchange(&self, mine: Vec<u8>) -> Result<Vec<Vec<u8>>, ReduceError> {
+        Ok(vec![mine])
     }
 }
 
@@ -124,6 +139,9 @@ impl GradReduce for OverCollective {
         }
         Ok(())
     }
+    fn exchange(&self, mine: Vec<u8>) -> Result<Vec<Vec<u8>>, ReduceError> {
+        self.0.all_gather(mine).map_err(|e| ReduceError::Collective(e.to_string()))
+    }
 }
 
 fn check_complete(parts: &[GradPart], n: usize) -> Result<(), ReduceError> {
@@ -138,6 +156,17 @@ fn check_complete(parts: &[GradPart], n: usize) -> Result<(), ReduceError> {
     Ok(())
 }
 
+/// Adds the parts' gradients in the given order, starting from the first part's (so one part
+/// gives exactly its own gradient, signed zeros included); None for no parts.
+pub fn sum_grads(parts: Vec<GradPart>) -> Option<Grads> {
+    let mut it = parts.into_iter();
+    let mut total = it.next()?.grads;
+    for p in it {
+        total.add_assign(&p.grads);
+    }
+    Some(total)
+}
+
 /// Adds the parts' losses (in f64) and gradients in the given order.
 pub fn sum_in_order(model: &Llama, parts: &[GradPart]) -> (f64, Grads) {
     let mut total = Grads::zeros(model);
@@ -149,8 +178,8 @@ pub fn sum_in_order(model: &Llama, parts: &[GradPart]) -> (f64, Grads) {
     (loss, total)
 }
 
-/// Little-endian: count, then per part index, loss bits, tensor count, and each tensor's length
-/// and values.
+/// Little-endian: count, then per part index, loss bits, metric count and values, tensor count,
+/// and each tensor's length and values.
 fn encode(parts: &[GradPart]) -> Vec<u8> {
     let floats: usize = parts.iter().map(|p| p.grads.tensors.iter().map(Vec::len).sum::<usize>()).sum();
     let mut out = Vec::with_capacity(16 + floats * 4 + parts.len() * 64);
@@ -158,6 +187,10 @@ fn encode(parts: &[GradPart]) -> Vec<u8> {
     for p in parts {
         out.extend((p.index as u64).to_le_bytes());
         out.extend(p.loss.to_bits().to_le_bytes());
+        out.extend((p.metrics.len() as u64).to_le_bytes());
+        for m in &p.metrics {
+            out.extend(m.to_bits().to_le_bytes());
+        }
         out.extend((p.grads.tensors.len() as u64).to_le_bytes());
         for t in &p.grads.tensors {
             out.extend((t.len() as u64).to_le_bytes());
@@ -181,6 +214,9 @@ fn decode(mut b: &[u8]) -> Option<Vec<GradPart>> {
     for _ in 0..n {
         let index = u64_of(&mut b)? as usize;
         let loss = f32::from_bits(u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?));
+        let m = u64_of(&mut b)? as usize;
+        let raw = take(&mut b, m.checked_mul(8)?)?;
+        let metrics = raw.chunks_exact(8).map(|c| f64::from_bits(u64::from_le_bytes(c.try_into().expect("8 bytes")))).collect();
         let count = u64_of(&mut b)?;
         let mut tensors = Vec::new();
         for _ in 0..count {
@@ -188,9 +224,45 @@ fn decode(mut b: &[u8]) -> Option<Vec<GradPart>> {
             let raw = take(&mut b, len.checked_mul(4)?)?;
             tensors.push(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
         }
-        parts.push(GradPart { index, loss, grads: Grads { tensors } });
+        parts.push(GradPart { index, loss, grads: Grads { tensors }, metrics });
     }
     b.is_empty().then_some(parts)
+}
+
+/// An in-memory cluster for unit tests: `n` "processes" (threads) whose all-gather meets at a
+/// barrier.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::{Arc, Barrier, Mutex};
+
+    struct Shared {
+        slots: Mutex<Vec<Option<Vec<u8>>>>,
+        barrier: Barrier,
+    }
+
+    struct Member(Arc<Shared>, usize, usize);
+
+    impl graph::Collective for Member {
+        fn process(&self) -> usize {
+            self.1
+        }
+        fn processes(&self) -> usize {
+            self.2
+        }
+        fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, graph::StageError> {
+            self.0.slots.lock().unwrap()[self.1] = Some(bytes);
+            self.0.barrier.wait();
+            let out: Vec<Vec<u8>> = self.0.slots.lock().unwrap().iter().map(|s| s.clone().unwrap()).collect();
+            self.0.barrier.wait();
+            Ok(out)
+        }
+    }
+
+    /// The reductions of `n` processes, one per thread that uses it.
+    pub fn processes(n: usize) -> Vec<Arc<dyn super::GradReduce>> {
+        let shared = Arc::new(Shared { slots: Mutex::new(vec![None; n]), barrier: Barrier::new(n) });
+        (0..n).map(|p| Arc::new(super::OverCollective(Arc::new(Member(shared.clone(), p, n)))) as Arc<dyn super::GradReduce>).collect()
+    }
 }
 
 #[cfg(test)]
@@ -200,8 +272,8 @@ mod tests {
     #[test]
     fn parts_round_trip_bit_for_bit() {
         let parts = vec![
-            GradPart { index: 3, loss: 0.1 + 0.2, grads: Grads { tensors: vec![vec![1.5, -0.0, f32::MIN_POSITIVE], vec![]] } },
-            GradPart { index: 7, loss: -2.0, grads: Grads { tensors: vec![vec![f32::EPSILON]] } },
+            GradPart { index: 3, loss: 0.1 + 0.2, grads: Grads { tensors: vec![vec![1.5, -0.0, f32::MIN_POSITIVE], vec![]] }, metrics: vec![0.1, -0.0] },
+            GradPart::new(7, -2.0, Grads { tensors: vec![vec![f32::EPSILON]] }),
         ];
         let back = decode(&encode(&parts)).unwrap();
         assert_eq!(back, parts);
@@ -211,7 +283,7 @@ mod tests {
 
     #[test]
     fn local_gather_checks_that_every_part_is_there() {
-        let p = |index| GradPart { index, loss: 0.0, grads: Grads { tensors: vec![] } };
+        let p = |index| GradPart::new(index, 0.0, Grads { tensors: vec![] });
         assert_eq!(Local.gather(vec![p(1), p(0)], 2).unwrap().iter().map(|x| x.index).collect::<Vec<_>>(), [0, 1]);
         assert!(Local.gather(vec![p(0)], 2).is_err());
     }

@@ -277,7 +277,7 @@ fn data_parallel_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch]
     let parts = kernels::optim::lm_step_parts(micro, shards);
     let which: Vec<usize> = (0..parts.len()).filter(|j| reduce.owns(*j)).collect();
     let mine = kernels::optim::lm_part_grads(model, micro, &parts, &which).map_err(|source| TrainError::Model { step, source })?;
-    let mine: Vec<GradPart> = which.into_iter().zip(mine).map(|(index, (loss, grads))| GradPart { index, loss, grads }).collect();
+    let mine: Vec<GradPart> = which.into_iter().zip(mine).map(|(index, (loss, grads))| GradPart::new(index, loss, grads)).collect();
     let all = reduce.gather(mine, parts.len()).map_err(|source| TrainError::Reduce { step, source })?;
     let tokens = micro.iter().map(|mb| mb.rows.iter().map(|r| r.len()).sum::<usize>()).sum();
     kernels::optim::lm_apply_parts(model, opt, all.iter().map(|p| (p.loss, &p.grads)), tokens, lr, clip).map_err(|source| TrainError::Model { step, source })
