@@ -24,9 +24,20 @@ pub struct ClusterConfig {
     pub process: usize,
     /// `host:port` of every process, in process order.
     pub addresses: Vec<String>,
+    /// How long this process waits for the connections to every other process at start
+    /// before it gives up with [`crate::RunError::ConnectTimeout`].
+    pub connect_timeout: Duration,
 }
 
+/// The default of [`ClusterConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl ClusterConfig {
+    /// A cluster with the default connect timeout.
+    pub fn new(process: usize, addresses: Vec<String>) -> ClusterConfig {
+        ClusterConfig { process, addresses, connect_timeout: DEFAULT_CONNECT_TIMEOUT }
+    }
+
     pub fn processes(&self) -> usize {
         self.addresses.len()
     }
@@ -153,7 +164,7 @@ pub fn from_slurm(env: &dyn Fn(&str) -> Option<String>, port: u16) -> Result<Clu
     if process >= tasks {
         return Err(ClusterError::BadIndex { process, processes: tasks });
     }
-    Ok(ClusterConfig { process, addresses })
+    Ok(ClusterConfig::new(process, addresses))
 }
 
 /// An all-gather between the processes of a run (see the module docs).
@@ -298,7 +309,7 @@ mod tests {
             _ => None,
         };
         let c = from_slurm(&env, 2101).unwrap();
-        assert_eq!(c, ClusterConfig { process: 2, addresses: vec!["gpu7:2101".into(), "gpu8:2101".into(), "cpu1:2101".into()] });
+        assert_eq!(c, ClusterConfig::new(2, vec!["gpu7:2101".into(), "gpu8:2101".into(), "cpu1:2101".into()]));
         let none = |_: &str| None;
         assert!(from_slurm(&none, 2101).unwrap_err().to_string().contains("SLURM_PROCID"));
     }

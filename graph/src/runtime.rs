@@ -158,6 +158,42 @@ pub enum RunError {
     /// The cluster could not start, or a worker died (a peer process failed or was killed).
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The other processes of a cluster run did not all connect within the connect timeout.
+    #[error(
+        "cluster: process {process} of {processes}: the other processes did not all connect within {seconds} s \
+         (hosts {hosts}). Start the same command with every --process-id from 0 to {last}, check the hostfile's \
+         host:port lines and that those ports are reachable, or raise --connect-timeout"
+    )]
+    ConnectTimeout { process: usize, processes: usize, last: usize, seconds: u64, hosts: String },
+}
+
+/// Connects this process to the others of a cluster run (timely's TCP mesh: it connects to
+/// lower-numbered processes, retrying every second, and accepts the higher-numbered ones), on a
+/// thread of its own so that a peer that never starts ends in [`RunError::ConnectTimeout`]
+/// instead of a wait for ever. On a timeout the connecting thread is left behind, blocked: the
+/// caller is expected to end the process.
+fn connect(communication: timely::CommunicationConfig, cluster: Option<&ClusterConfig>) -> Result<(Vec<timely::communication::AllocatorBuilder>, Box<dyn std::any::Any + Send>), RunError> {
+    let Some(c) = cluster else {
+        return communication.try_build().map_err(|e| RunError::Cluster(format!("starting timely: {e}")));
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("cluster-connect".into())
+        .spawn(move || {
+            let _ = tx.send(communication.try_build());
+        })
+        .map_err(|e| RunError::Cluster(format!("starting the connection thread: {e}")))?;
+    match rx.recv_timeout(c.connect_timeout) {
+        Ok(built) => built.map_err(|e| RunError::Cluster(format!("connecting to the other processes: {e}"))),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(RunError::ConnectTimeout {
+            process: c.process,
+            processes: c.processes(),
+            last: c.processes().saturating_sub(1),
+            seconds: c.connect_timeout.as_secs(),
+            hosts: c.addresses.join(" "),
+        }),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(RunError::Cluster("the connection thread stopped (it panicked)".into())),
+    }
 }
 
 /// The shared CPU/GPU budget of the operators of one worker, and who waits for it.
@@ -235,7 +271,8 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
     };
     let park = cluster.as_ref().map(|_| Duration::from_millis(100));
     let (p2, r2, s2, o2, g2) = (plan.clone(), registry.clone(), store.clone(), opts.clone(), progress.clone());
-    let guards = timely::execute(config, move |worker| {
+    let (builders, others) = connect(config.communication, cluster.as_ref())?;
+    let guards = timely::execute::execute_from(builders, others, config.worker, move |worker| {
         let (p2, r2, s2, o2, g2, mailbox) = (p2.clone(), r2.clone(), s2.clone(), o2.clone(), g2.clone(), mailbox.clone());
         let n = p2.instances.len();
         // Only the first worker of each process runs stage jobs; the others only take part

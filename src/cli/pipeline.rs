@@ -88,13 +88,19 @@ pub struct RunArgs {
     /// The port processes listen on with --slurm (k tasks per node use port..port+k-1).
     #[arg(long, default_value_t = 2101)]
     port: u16,
+    /// Cluster run: seconds to wait for every other process to connect at start; a process
+    /// whose peers do not all start in time stops with an error.
+    #[arg(long, default_value_t = graph::cluster::DEFAULT_CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    connect_timeout: u64,
 }
 
 /// The cluster this process belongs to, from the flags or Slurm's environment.
 fn cluster_config(a: &RunArgs) -> anyhow::Result<Option<graph::ClusterConfig>> {
     if a.slurm {
         let env = |k: &str| std::env::var(k).ok();
-        return Ok(Some(graph::cluster::from_slurm(&env, a.port)?));
+        let mut c = graph::cluster::from_slurm(&env, a.port)?;
+        c.connect_timeout = std::time::Duration::from_secs(a.connect_timeout);
+        return Ok(Some(c));
     }
     let Some(n) = a.processes else { return Ok(None) };
     let (Some(process), Some(hostfile)) = (a.process_id, a.hostfile.as_ref()) else { bail!("--processes needs --process-id and --hostfile") };
@@ -105,7 +111,7 @@ fn cluster_config(a: &RunArgs) -> anyhow::Result<Option<graph::ClusterConfig>> {
         return Err(graph::ClusterError::BadIndex { process, processes: n }.into());
     }
     let addresses = graph::cluster::read_hostfile(hostfile, n)?;
-    Ok(Some(graph::ClusterConfig { process, addresses }))
+    Ok(Some(graph::ClusterConfig { process, addresses, connect_timeout: std::time::Duration::from_secs(a.connect_timeout) }))
 }
 
 /// In a cluster run any failure stops this process at once, so that the others lose their
