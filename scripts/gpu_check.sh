@@ -10,7 +10,10 @@
 # 4. writes everything to OUT_DIR (default gpu-results/) and prints a summary table.
 # Knobs: GPU_CHECK_STEPS (6), GPU_CHECK_MICRO (rows per micro-batch, 8), GPU_CHECK_TORCH=0 (no
 # PyTorch peer), GPU_CHECK_DECODE_BATCHES ("1 64"; empty for none), ALIGNFLOW_CUDA_PROFILE=1
-# (a per-op breakdown of one extra, synchronised step in the train JSON).
+# (a per-op breakdown of one extra, synchronised step in the train JSON), GPU_CHECK_ATTENTION
+# (e.g. "mma fa2": the training step again with each named attention implementation,
+# ALIGNFLOW_CUDA_ATTENTION, into train_attention_NAME.json), GPU_CHECK_MICRO_EXTRA (e.g. "16":
+# the training step again at those micro-batch sizes, into train_microN.json).
 # Needs the CUDA 13 driver; NVRTC and cuBLAS come from the CUDA toolkit or the pip wheels
 # nvidia-cuda-nvrtc / nvidia-cublas (found automatically). Under 8 minutes on an H100.
 set -uo pipefail
@@ -77,6 +80,16 @@ log "parity exit code $parity_rc"
 log "alignflow bench train --preset 1b"
 timeout 150 "$BIN/alignflow" bench train --device cuda --preset 1b --steps "$STEPS" --warmup 2 --micro-batch "${GPU_CHECK_MICRO:-8}" --json \
   > "$OUT/train_alignflow.json" 2> "$OUT/train_alignflow.err"; echo "rc $?"; cat "$OUT/train_alignflow.json"; tail -3 "$OUT/train_alignflow.err"
+for a in ${GPU_CHECK_ATTENTION:-}; do
+  log "alignflow bench train --preset 1b, attention $a"
+  ALIGNFLOW_CUDA_ATTENTION=$a timeout 150 "$BIN/alignflow" bench train --device cuda --preset 1b --steps "$STEPS" --warmup 2 --micro-batch "${GPU_CHECK_MICRO:-8}" --json \
+    > "$OUT/train_attention_$a.json" 2> "$OUT/train_attention_$a.err"; echo "rc $?"; cat "$OUT/train_attention_$a.json"; tail -3 "$OUT/train_attention_$a.err"
+done
+for mb in ${GPU_CHECK_MICRO_EXTRA:-}; do
+  log "alignflow bench train --preset 1b, micro-batch $mb"
+  timeout 150 "$BIN/alignflow" bench train --device cuda --preset 1b --steps "$STEPS" --warmup 2 --micro-batch "$mb" --json \
+    > "$OUT/train_micro$mb.json" 2> "$OUT/train_micro$mb.err"; echo "rc $?"; cat "$OUT/train_micro$mb.json"; tail -3 "$OUT/train_micro$mb.err"
+done
 if [ "${GPU_CHECK_TORCH:-1}" = 0 ]; then
   log "PyTorch peer skipped (GPU_CHECK_TORCH=0)"
 elif python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then

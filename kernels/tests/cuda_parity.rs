@@ -205,12 +205,22 @@ fn gemm_all_transposes() {
     }
 }
 
-/// Attention forward and backward, both implementations, against the CPU reference on packed
+/// Attention forward and backward, every implementation, against the CPU reference on packed
 /// rows of uneven lengths (partial tiles, rows longer than one tile) with grouped-query heads.
 #[test]
 fn attention_forward_and_backward() {
     let Some(g) = gpu() else { return };
-    for (hd, hq, hkv, lens) in [(64usize, 4usize, 2usize, vec![1usize, 70, 130, 64]), (32, 6, 3, vec![17, 65]), (128, 2, 1, vec![100, 3]), (48, 2, 2, vec![20, 33])] {
+    for (hd, hq, hkv, lens) in [
+        (64usize, 4usize, 2usize, vec![1usize, 70, 130, 64]),
+        (32, 6, 3, vec![17, 65]),
+        (128, 2, 1, vec![100, 3]),
+        (48, 2, 2, vec![20, 33]),
+        // No groups (dK/dV straight into dqkv), and a long row: many tiles through the
+        // double-buffered pipelines, in heaviest-first order next to short rows.
+        (64, 2, 2, vec![5, 300, 64]),
+        (128, 4, 4, vec![129, 2]),
+        (32, 8, 2, vec![450, 1, 63]),
+    ] {
         let mut rng = Rng::new(hd as u64 * 7 + hq as u64);
         let spans = spans_of(lens.iter().copied());
         let n: usize = lens.iter().sum();
@@ -231,7 +241,7 @@ fn attention_forward_and_backward() {
         let qkvd = g.upload(&to_bf(&qkv)).unwrap();
         let dout = round_bf(&randn(&mut rng, n * qd, 1.0));
         let (dq_w, dk_w, dv_w) = attention::attention_backward_ref(&dout, &q, &k, &v, &probs, &spans, sh);
-        for imp in [AttnImpl::Simple, AttnImpl::MmaLdmatrix, AttnImpl::Auto] {
+        for imp in [AttnImpl::Simple, AttnImpl::Mma, AttnImpl::MmaLdmatrix, AttnImpl::Fa2, AttnImpl::Auto] {
             let what = format!("attention hd={hd} hq={hq} hkv={hkv} lens={lens:?} {imp:?}");
             let out = g.zeros::<u16>(n * qd).unwrap();
             let lse = g.zeros::<f32>(hq * n).unwrap();

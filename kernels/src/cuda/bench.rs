@@ -133,7 +133,7 @@ pub fn bench_train(gpu: &Arc<Gpu>, config: &LlamaConfig, seq_len: usize, batch: 
         mfu: sheet.map(|s| tflops / s),
         final_loss: loss,
         peak_memory_gb: (total - free) as f64 / 1e9,
-        attention: format!("{:?}", model.attention),
+        attention: format!("{:?}", model.attention.resolve(model.config.head_dim)),
         profile_ms_per_step,
     })
 }

@@ -68,13 +68,14 @@ pub fn probe(ordinal: usize) -> Result<(), String> {
 }
 
 /// The kernel sources, in compilation order (the common header first).
-pub fn kernel_sources() -> [(&'static str, &'static str); 6] {
+pub fn kernel_sources() -> [(&'static str, &'static str); 7] {
     [
         ("common.cuh", include_str!("../../cuda/common.cuh")),
         ("elementwise.cu", include_str!("../../cuda/elementwise.cu")),
         ("loss.cu", include_str!("../../cuda/loss.cu")),
         ("optim.cu", include_str!("../../cuda/optim.cu")),
         ("attention.cu", include_str!("../../cuda/attention.cu")),
+        ("attention_fa2.cu", include_str!("../../cuda/attention_fa2.cu")),
         ("decode.cu", include_str!("../../cuda/decode.cu")),
     ]
 }
@@ -323,6 +324,13 @@ impl Gpu {
     /// A zero-filled device buffer of `n` elements.
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
         self.timed("alloc+memset", || self.stream.alloc_zeros::<T>(n.max(1)).map_err(drv("cuMemAlloc")))
+    }
+
+    /// A device buffer of `n` elements with undefined contents, for outputs that the next op
+    /// writes in full (saves the zero fill of [`Gpu::zeros`]).
+    pub fn empty<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>, CudaError> {
+        // SAFETY: the memory is only read after a kernel has written it (callers' contract).
+        self.timed("alloc", || unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(drv("cuMemAlloc")))
     }
 
     /// A device copy of a host slice.

@@ -185,31 +185,31 @@ impl GpuLlama {
         let s = qd + 2 * kvd;
         let tok_dev = g.upload(&tokens.iter().map(|&t| t as i32).collect::<Vec<i32>>())?;
         let pos = g.upload(&positions)?;
-        let mut x = g.zeros::<f32>(n * d)?;
+        let mut x = g.empty::<f32>(n * d)?;
         g.embedding_fwd(dptr(&x), self.m32(0), dptr(&tok_dev), n, d)?;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
-            let rstd1 = g.zeros::<f32>(n)?;
-            let h1 = g.zeros::<u16>(n * d)?;
+            let rstd1 = g.empty::<f32>(n)?;
+            let h1 = g.empty::<u16>(n * d)?;
             g.rmsnorm_fwd(dptr(&h1), dptr(&rstd1), dptr(&x), self.m32(self.li(l, ATTN_NORM)), n, d, c.rms_norm_eps)?;
-            let qkv = g.zeros::<u16>(n * s)?;
+            let qkv = g.empty::<u16>(n * s)?;
             g.gemm(dptr(&qkv), false, dptr(&h1), false, self.w(self.li(l, WQ)), true, n, s, d, 0.0)?;
             g.rope(dptr(&qkv), s, 0, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&pos), n, hq, hd, false)?;
             g.rope(dptr(&qkv), s, qd, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&pos), n, hkv, hd, false)?;
-            let att = g.zeros::<u16>(n * qd)?;
-            let lse = g.zeros::<f32>(hq * n)?;
+            let att = g.empty::<u16>(n * qd)?;
+            let lse = g.empty::<f32>(hq * n)?;
             g.attention_fwd(dptr(&att), dptr(&lse), dptr(&qkv), &packed, hq, hkv, hd, self.attention)?;
-            let x_mid = g.zeros::<f32>(n * d)?;
+            let x_mid = g.empty::<f32>(n * d)?;
             g.copy::<f32>(dptr(&x_mid), dptr(&x), n * d)?;
             g.gemm(dptr(&x_mid), true, dptr(&att), false, self.w(self.li(l, WO)), true, n, d, qd, 1.0)?;
-            let rstd2 = g.zeros::<f32>(n)?;
-            let h2 = g.zeros::<u16>(n * d)?;
+            let rstd2 = g.empty::<f32>(n)?;
+            let h2 = g.empty::<u16>(n * d)?;
             g.rmsnorm_fwd(dptr(&h2), dptr(&rstd2), dptr(&x_mid), self.m32(self.li(l, MLP_NORM)), n, d, c.rms_norm_eps)?;
-            let gu = g.zeros::<u16>(n * 2 * f)?;
+            let gu = g.empty::<u16>(n * 2 * f)?;
             g.gemm(dptr(&gu), false, dptr(&h2), false, self.w(self.li(l, WG)), true, n, 2 * f, d, 0.0)?;
-            let a = g.zeros::<u16>(n * f)?;
+            let a = g.empty::<u16>(n * f)?;
             g.swiglu_fwd(dptr(&a), dptr(&gu), n, f)?;
-            let x_out = g.zeros::<f32>(n * d)?;
+            let x_out = g.empty::<f32>(n * d)?;
             g.copy::<f32>(dptr(&x_out), dptr(&x_mid), n * d)?;
             g.gemm(dptr(&x_out), true, dptr(&a), false, self.w(self.li(l, WD)), true, n, d, f, 1.0)?;
             let x_in = std::mem::replace(&mut x, x_out);
@@ -217,11 +217,11 @@ impl GpuLlama {
                 layers.push(LayerActs { x: x_in, rstd1, h1, qkv, att, lse, x_mid, rstd2, h2, gu, a });
             }
         }
-        let rstd_f = g.zeros::<f32>(n)?;
-        let hf = g.zeros::<u16>(n * d)?;
+        let rstd_f = g.empty::<f32>(n)?;
+        let hf = g.empty::<u16>(n * d)?;
         g.rmsnorm_fwd(dptr(&hf), dptr(&rstd_f), dptr(&x), self.m32(self.final_norm_index()), n, d, c.rms_norm_eps)?;
         let v = c.vocab_size;
-        let logits = g.zeros::<f32>(n * v)?;
+        let logits = g.empty::<f32>(n * v)?;
         g.gemm(dptr(&logits), true, dptr(&hf), false, self.w(self.head_index()), true, n, v, d, 0.0)?;
         Ok(Acts { rows: packed, tokens, pos, layers, x_final: x, rstd_f, hf, logits })
     }
@@ -277,25 +277,25 @@ impl GpuLlama {
         let t_dev = g.upload(&t)?;
         let coef_dev = g.upload(&coef)?;
         let lp = g.zeros::<f32>(n)?;
-        let dlogits = g.zeros::<u16>(n * v)?;
+        let dlogits = g.empty::<u16>(n * v)?;
         g.logprob(dptr(&lp), Some(dptr(&dlogits)), dptr(&acts.logits), dptr(&t_dev), dptr(&coef_dev), n, v)?;
         drop(acts.logits);
         let scratch = g.zeros::<f32>(rmsnorm_scratch_len(n, d))?;
         // Head and final norm.
         let hi = self.head_index();
         g.gemm(self.g(hi), true, dptr(&dlogits), true, dptr(&acts.hf), false, v, d, n, 1.0)?;
-        let dh = g.zeros::<u16>(n * d)?;
+        let dh = g.empty::<u16>(n * d)?;
         g.gemm(dptr(&dh), false, dptr(&dlogits), false, self.w(hi), false, n, d, v, 0.0)?;
         drop(dlogits);
-        let dx = g.zeros::<f32>(n * d)?;
-        let dx_b = g.zeros::<u16>(n * d)?;
+        let dx = g.empty::<f32>(n * d)?;
+        let dx_b = g.empty::<u16>(n * d)?;
         let fi = self.final_norm_index();
         g.rmsnorm_bwd(dptr(&dx), dptr(&dx_b), self.g(fi), dptr(&scratch), dptr(&dh), dptr(&acts.x_final), self.m32(fi), dptr(&acts.rstd_f), n, d, false)?;
-        let da = g.zeros::<u16>(n * f)?;
-        let dgu = g.zeros::<u16>(n * 2 * f)?;
-        let datt = g.zeros::<u16>(n * qd)?;
-        let dqkv = g.zeros::<u16>(n * s)?;
-        let dsum = g.zeros::<f32>(hq * n)?;
+        let da = g.empty::<u16>(n * f)?;
+        let dgu = g.empty::<u16>(n * 2 * f)?;
+        let datt = g.empty::<u16>(n * qd)?;
+        let dqkv = g.empty::<u16>(n * s)?;
+        let dsum = g.empty::<f32>(hq * n)?;
         for l in (0..c.num_hidden_layers).rev() {
             let a = &acts.layers[l];
             // MLP.

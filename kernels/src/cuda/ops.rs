@@ -125,11 +125,21 @@ impl Gpu {
     pub fn attention_fwd(&self, out: u64, lse: u64, qkv: u64, rows: &PackedRows, hq: usize, hkv: usize, hd: usize, imp: AttnImpl) -> Result<(), CudaError> {
         let n = rows.n;
         let scale = 1.0 / (hd as f32).sqrt();
+        let (tr, tt, tl) = (super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len));
         match imp.resolve(hd) {
             AttnImpl::Simple => {
                 let smem = ((hd + rows.max_len) * 4) as u32;
                 launch!(self, "attn_fwd_simple", cfg((n as u32, hq as u32), 128, smem);
                     out, lse, qkv, super::dptr(&rows.row_start), n as i32, hq as i32, hkv as i32, hd as i32, scale);
+            }
+            AttnImpl::Fa2 => {
+                let name = match hd {
+                    32 => "fa2_fwd_32",
+                    64 => "fa2_fwd_64",
+                    _ => "fa2_fwd_128",
+                };
+                launch!(self, name, cfg((hq as u32, rows.tiles as u32), 128, tile_smem(hd, 4));
+                    out, lse, qkv, tr, tt, tl, super::dptr(&rows.order_q), n as i32, hq as i32, hkv as i32, scale);
             }
             r => {
                 let name = match (hd, r == AttnImpl::MmaLdmatrix) {
@@ -141,29 +151,49 @@ impl Gpu {
                     (_, true) => "attn_fwd_mmaldsm_128",
                 };
                 launch!(self, name, cfg((rows.tiles as u32, hq as u32), 128, tile_smem(hd, 2));
-                    out, lse, qkv, super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len),
-                    n as i32, hq as i32, hkv as i32, scale);
+                    out, lse, qkv, tr, tt, tl, n as i32, hq as i32, hkv as i32, scale);
             }
         }
         Ok(())
     }
 
     /// Attention backward: dqkv (n, (hq+2hkv)·hd) bf16 from dout, the forward's out and lse.
-    /// `dsum` is scratch of hq·n floats.
+    /// `dsum` is scratch of hq·n floats. Every element of dqkv is written.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_bwd(&self, dqkv: u64, dsum: u64, dout: u64, out: u64, qkv: u64, lse: u64, rows: &PackedRows, hq: usize, hkv: usize, hd: usize, imp: AttnImpl) -> Result<(), CudaError> {
         let n = rows.n;
         let scale = 1.0 / (hd as f32).sqrt();
-        launch!(self, "attn_bwd_prep", cfg((n as u32, hq as u32), 32, 0); dsum, dout, out, n as i32, hq as i32, hd as i32);
+        let (tr, tt, tl) = (super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len));
         match imp.resolve(hd) {
             AttnImpl::Simple => {
+                launch!(self, "attn_bwd_prep", cfg((n as u32, hq as u32), 32, 0); dsum, dout, out, n as i32, hq as i32, hd as i32);
                 let smem = ((2 * hd + rows.max_len) * 4) as u32;
                 launch!(self, "attn_bwd_dq_simple", cfg((n as u32, hq as u32), 128, smem);
                     dqkv, dout, qkv, lse, dsum, super::dptr(&rows.row_start), n as i32, hq as i32, hkv as i32, hd as i32, scale);
                 launch!(self, "attn_bwd_dkdv_simple", cfg((n as u32, hkv as u32), hd.div_ceil(32) as u32 * 32, 0);
                     dqkv, dout, qkv, lse, dsum, super::dptr(&rows.row_end), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
+            AttnImpl::Fa2 => {
+                launch!(self, "fa2_bwd_prep", self.stride_cfg(n * hq); dsum, dout, out, n as i32, hq as i32, hd as i32);
+                let (dkdv, dq) = match hd {
+                    32 => ("fa2_bwd_dkdv_32", "fa2_bwd_dq_32"),
+                    64 => ("fa2_bwd_dkdv_64", "fa2_bwd_dq_64"),
+                    _ => ("fa2_bwd_dkdv_128", "fa2_bwd_dq_128"),
+                };
+                // With grouped heads each q head's dK, dV go to f32 scratch, then are summed per
+                // group in head order (fa2_dkdv_reduce); without groups straight into dqkv.
+                let scratch = if hq != hkv { Some((self.empty::<f32>(hq * n * hd)?, self.empty::<f32>(hq * n * hd)?)) } else { None };
+                let (dkh, dvh) = scratch.as_ref().map(|(a, b)| (super::dptr(a), super::dptr(b))).unwrap_or((0, 0));
+                launch!(self, dkdv, cfg((hq as u32, rows.tiles as u32), 128, tile_smem(hd, 6) + 4 * 64 * 4);
+                    dqkv, dkh, dvh, dout, qkv, lse, dsum, tr, tt, tl, super::dptr(&rows.order_k), n as i32, hq as i32, hkv as i32, scale);
+                if scratch.is_some() {
+                    launch!(self, "fa2_dkdv_reduce", self.stride_cfg(n * hkv * hd); dqkv, dkh, dvh, n as i32, hq as i32, hkv as i32, hd as i32);
+                }
+                launch!(self, dq, cfg((hq as u32, rows.tiles as u32), 128, tile_smem(hd, 4));
+                    dqkv, dout, qkv, lse, dsum, tr, tt, tl, super::dptr(&rows.order_q), n as i32, hq as i32, hkv as i32, scale);
+            }
             r => {
+                launch!(self, "attn_bwd_prep", cfg((n as u32, hq as u32), 32, 0); dsum, dout, out, n as i32, hq as i32, hd as i32);
                 let (dkdv, dq) = match (hd, r == AttnImpl::MmaLdmatrix) {
                     (32, false) => ("attn_bwd_dkdv_mma_32", "attn_bwd_dq_mma_32"),
                     (64, false) => ("attn_bwd_dkdv_mma_64", "attn_bwd_dq_mma_64"),
@@ -172,7 +202,6 @@ impl Gpu {
                     (64, true) => ("attn_bwd_dkdv_mmaldsm_64", "attn_bwd_dq_mmaldsm_64"),
                     (_, true) => ("attn_bwd_dkdv_mmaldsm_128", "attn_bwd_dq_mmaldsm_128"),
                 };
-                let (tr, tt, tl) = (super::dptr(&rows.tile_row), super::dptr(&rows.tile_tok), super::dptr(&rows.tile_len));
                 launch!(self, dkdv, cfg((rows.tiles as u32, hkv as u32), 128, tile_smem(hd, 4) + 2 * 64 * 4);
                     dqkv, dout, qkv, lse, dsum, tr, tt, tl, n as i32, hq as i32, hkv as i32, scale);
                 launch!(self, dq, cfg((rows.tiles as u32, hq as u32), 128, tile_smem(hd, 2));
@@ -226,33 +255,39 @@ fn tile_smem(hd: usize, tiles: usize) -> u32 {
 /// Which attention kernels to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnImpl {
-    /// The tensor-core kernels where the head size has them (32, 64, 128), else the simple ones.
+    /// The best kernels for the head size: `Fa2` for 32, 64 and 128, else `Simple`.
     Auto,
     /// The simple SIMT kernels (the GPU reference).
     Simple,
-    /// The tensor-core kernels with their fragments loaded through ldmatrix (slower on an
-    /// H100 so far: more registers); head sizes 32, 64, 128, else the simple ones.
-    MmaLdmatrix,
-    /// Resolved: the tensor-core kernels (plain shared-memory loads).
+    /// The first tensor-core kernels (attention.cu, plain shared-memory fragment loads,
+    /// synchronous tile loads); kept as the comparison point. Head sizes 32, 64, 128.
     Mma,
+    /// `Mma` with its fragments loaded through ldmatrix (slower on an H100: more registers).
+    MmaLdmatrix,
+    /// The second-generation tensor-core kernels (attention_fa2.cu: cp.async double
+    /// buffering, ldmatrix, one dK/dV block per q head, heaviest tiles first).
+    Fa2,
 }
 
 impl AttnImpl {
-    /// `ALIGNFLOW_CUDA_ATTENTION=simple` or `=mma-ldmatrix` picks those kernels.
+    /// `ALIGNFLOW_CUDA_ATTENTION=simple`, `=mma`, `=mma-ldmatrix` or `=fa2` picks those kernels.
     pub fn from_env() -> AttnImpl {
         match std::env::var("ALIGNFLOW_CUDA_ATTENTION").as_deref() {
             Ok("simple") => AttnImpl::Simple,
+            Ok("mma") => AttnImpl::Mma,
             Ok("mma-ldmatrix") => AttnImpl::MmaLdmatrix,
+            Ok("fa2") => AttnImpl::Fa2,
             _ => AttnImpl::Auto,
         }
     }
 
-    fn resolve(self, hd: usize) -> AttnImpl {
+    /// The kernels that run for head size `hd`.
+    pub fn resolve(self, hd: usize) -> AttnImpl {
         match self {
             AttnImpl::Simple => AttnImpl::Simple,
             _ if !matches!(hd, 32 | 64 | 128) => AttnImpl::Simple,
-            AttnImpl::MmaLdmatrix => AttnImpl::MmaLdmatrix,
-            _ => AttnImpl::Mma,
+            AttnImpl::Auto => AttnImpl::Fa2,
+            other => other,
         }
     }
 }
@@ -268,6 +303,10 @@ pub struct PackedRows {
     pub tile_row: CudaSlice<i32>,
     pub tile_tok: CudaSlice<i32>,
     pub tile_len: CudaSlice<i32>,
+    /// Tile indices by descending work for query-tile kernels (more key tiles first).
+    pub order_q: CudaSlice<i32>,
+    /// Tile indices by descending work for key-tile kernels (more query tiles first).
+    pub order_k: CudaSlice<i32>,
 }
 
 impl PackedRows {
@@ -286,8 +325,16 @@ impl PackedRows {
                 tl.push(s.len as i32);
             }
         }
+        // Heaviest first, so the long blocks of the causal triangle do not start last. Ties keep
+        // tile order (stable sort): the launch order is deterministic.
+        let mut order_q: Vec<i32> = (0..tr.len() as i32).collect();
+        order_q.sort_by_key(|&t| std::cmp::Reverse(tt[t as usize] - tr[t as usize]));
+        let mut order_k: Vec<i32> = (0..tr.len() as i32).collect();
+        order_k.sort_by_key(|&t| std::cmp::Reverse(tl[t as usize] - (tt[t as usize] - tr[t as usize])));
         Ok(PackedRows {
             n,
+            order_q: gpu.upload(&order_q)?,
+            order_k: gpu.upload(&order_k)?,
             max_len: spans.iter().map(|s| s.len).max().unwrap_or(0),
             tiles: tr.len(),
             row_start: gpu.upload(&rs)?,
