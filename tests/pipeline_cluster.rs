@@ -287,10 +287,11 @@ fn reward_model_and_ppo_on_two_processes_match_one_process_byte_for_byte() {
         assert_eq!(stage(&cluster, s)["fingerprint"], stage(&one, s)["fingerprint"], "{s}");
         assert_eq!(stage(&cluster, s)["status"], "ran", "{s}");
     }
-    // Process 1 ran the data-parallel stages itself (progress lines name them).
+    // Process 1 ran the data-parallel stages itself (its progress says `ran  rm  (...)`).
     let err1 = String::from_utf8_lossy(&outs[1].stderr);
     for s in ["rm", "ppo"] {
-        assert!(err1.lines().any(|l| l.contains(s)), "process 1 shows no {s}: {err1}");
+        let ran = |l: &str| l.split_whitespace().take(2).eq(["ran", s]);
+        assert!(err1.lines().any(ran), "process 1 did not run {s}: {err1}");
     }
     for (s, out, file) in [
         ("collect", "pairs", "table.parquet"),
