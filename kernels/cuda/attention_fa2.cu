@@ -237,29 +237,16 @@ __device__ void fa2_fwd(bf16* out, float* lse, const bf16* qkv, const int* tile_
 
 // ---------------------------------------------------------------- backward
 
-// D[h][i] = Σ_d dout[i][h][d] · out[i][h][d]: one thread per (token, head), 16-byte loads.
-extern "C" __global__ void fa2_bwd_prep(float* dsum, const bf16* dout, const bf16* out, int n, int hq, int hd) {
-    i64 total = (i64)n * hq;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (i64)gridDim.x * blockDim.x) {
-        i64 i = e / hq;
-        int h = (int)(e - i * hq);
-        const uint4* a = (const uint4*)(dout + e * hd);
-        const uint4* b = (const uint4*)(out + e * hd);
-        float s = 0.f;
-        for (int c = 0; c < hd / 8; ++c) {
-            uint4 x = a[c], y = b[c];
-            u32 xs[4] = {x.x, x.y, x.z, x.w}, ys[4] = {y.x, y.y, y.z, y.w};
-#pragma unroll
-            for (int k = 0; k < 4; ++k)
-                s += bf2f((bf16)(xs[k] & 0xffff)) * bf2f((bf16)(ys[k] & 0xffff)) + bf2f((bf16)(xs[k] >> 16)) * bf2f((bf16)(ys[k] >> 16));
-        }
-        dsum[(i64)h * n + i] = s;
-    }
+// Σ of the products of two pairs of packed bf16.
+__device__ __forceinline__ float dot_bf2(u32 a, u32 b) {
+    return bf2f((bf16)(a & 0xffff)) * bf2f((bf16)(b & 0xffff)) + bf2f((bf16)(a >> 16)) * bf2f((bf16)(b >> 16));
 }
 
-// dQ of one 64-query tile and q head, over the key tiles up to the diagonal.
+// dQ of one 64-query tile and q head, over the key tiles up to the diagonal. Also computes
+// D = rowsum(dO ∘ O) of its queries (from the dO fragments it holds) and writes it to dsum for
+// the dK/dV kernel, which therefore runs after this one.
 template <int HD>
-__device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
+__device__ void fa2_bwd_dq(bf16* dqkv, float* dsum, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse,
                            const int* tile_row, const int* tile_tok, const int* tile_len, const int* order, int n,
                            int hq, int hkv, float scale) {
     constexpr int LD = HD + FA_PAD, TILE = FA_BM * LD * 2;
@@ -291,12 +278,21 @@ __device__ void fa2_bwd_dq(bf16* dqkv, const bf16* dout, const bf16* qkv, const 
             oa[kk][r] = ok ? *(const u32*)po : 0u;
             oa[kk][r + 2] = ok ? *(const u32*)(po + 8) : 0u;
         }
-    float L[2], D[2];
+    float L[2], D[2] = {0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const bf16* p = out + (i64)(row0 + qi[r]) * hq * HD + h * HD + kk * 16 + 2 * tq;
+            if (qi[r] < len) D[r] += dot_bf2(oa[kk][r], *(const u32*)p) + dot_bf2(oa[kk][r + 2], *(const u32*)(p + 8));
+        }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         bool ok = qi[r] < len;
+        D[r] += __shfl_xor_sync(FULL_MASK, D[r], 1);
+        D[r] += __shfl_xor_sync(FULL_MASK, D[r], 2);
         L[r] = ok ? lse[(i64)h * n + row0 + qi[r]] * LOG2E : 0.f;
-        D[r] = ok ? dsum[(i64)h * n + row0 + qi[r]] : 0.f;
+        if (ok && tq == 0) dsum[(i64)h * n + row0 + qi[r]] = D[r];
     }
     float dq[HD / 8][4];
 #pragma unroll
@@ -537,10 +533,10 @@ extern "C" __global__ void fa2_dkdv_reduce(bf16* dqkv, const float* dkh, const f
                                                                       float scale) {                                  \
         fa2_fwd<HD>(out, lse, qkv, tr, tt, tl, ord, n, hq, hkv, scale);                                               \
     }                                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(FA_NT, FA_DQ_MINB) fa2_bwd_dq_##HD(                                              \
-        bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, const int* tr,            \
+    extern "C" __global__ void __launch_bounds__(FA_NT, FA_DQ_MINB) fa2_bwd_dq_##HD(                                  \
+        bf16* dqkv, float* dsum, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse, const int* tr,  \
         const int* tt, const int* tl, const int* ord, int n, int hq, int hkv, float scale) {                           \
-        fa2_bwd_dq<HD>(dqkv, dout, qkv, lse, dsum, tr, tt, tl, ord, n, hq, hkv, scale);                               \
+        fa2_bwd_dq<HD>(dqkv, dsum, dout, out, qkv, lse, tr, tt, tl, ord, n, hq, hkv, scale);                          \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(FA_NT) fa2_bwd_dkdv_##HD(                                            \
         bf16* dqkv, float* dkh, float* dvh, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,   \

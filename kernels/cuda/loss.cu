@@ -6,21 +6,52 @@ extern "C" __global__ void logprob_fwd_bwd(float* logp, bf16* dlogits, const flo
     __shared__ float sh[32];
     int r = blockIdx.x;
     const float* l = logits + (i64)r * v;
-    float m = NEG_INF;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, l[j]);
-    m = block_max(m, sh);
-    float s = 0.f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) s += __expf(l[j] - m);
+    const bool vec = (v & 3) == 0;  // 16-byte accesses
+    // One pass for the log-sum-exp: each thread keeps its running max m and Σ exp(x − m).
+    float m = NEG_INF, s = 0.f;
+    auto add = [&](float x) {
+        if (x > m) {
+            s = s * __expf(m - x) + 1.f;
+            m = x;
+        } else if (x > NEG_INF) {
+            s += __expf(x - m);
+        }
+    };
+    if (vec) {
+        for (int j = threadIdx.x; j < v / 4; j += blockDim.x) {
+            float4 x = ((const float4*)l)[j];
+            add(x.x);
+            add(x.y);
+            add(x.z);
+            add(x.w);
+        }
+    } else {
+        for (int j = threadIdx.x; j < v; j += blockDim.x) add(l[j]);
+    }
+    float mb = block_max(m, sh);
+    s = s > 0.f ? s * __expf(m - mb) : 0.f;
     s = block_sum(s, sh);
-    float lse = m + __logf(s);
+    float lse = mb + __logf(s);
     int t = targets[r];
     if (threadIdx.x == 0) logp[r] = t >= 0 ? l[t] - lse : 0.f;
     if (write_grad) {
         float c = t >= 0 ? coef[r] : 0.f;
         bf16* dl = dlogits + (i64)r * v;
-        for (int j = threadIdx.x; j < v; j += blockDim.x) {
-            float p = __expf(l[j] - lse);
-            dl[j] = f2bf(c * ((j == t ? 1.f : 0.f) - p));
+        if (vec) {
+            for (int j = threadIdx.x; j < v / 4; j += blockDim.x) {
+                float4 x = ((const float4*)l)[j];
+                int j0 = 4 * j;
+                float g0 = c * ((j0 == t ? 1.f : 0.f) - __expf(x.x - lse));
+                float g1 = c * ((j0 + 1 == t ? 1.f : 0.f) - __expf(x.y - lse));
+                float g2 = c * ((j0 + 2 == t ? 1.f : 0.f) - __expf(x.z - lse));
+                float g3 = c * ((j0 + 3 == t ? 1.f : 0.f) - __expf(x.w - lse));
+                ((uint2*)dl)[j] = make_uint2(pack_bf2(g0, g1), pack_bf2(g2, g3));
+            }
+        } else {
+            for (int j = threadIdx.x; j < v; j += blockDim.x) {
+                float p = __expf(l[j] - lse);
+                dl[j] = f2bf(c * ((j == t ? 1.f : 0.f) - p));
+            }
         }
     }
 }

@@ -92,8 +92,8 @@ impl GpuLlama {
                 g.rmsnorm_fwd(dptr(&h), dptr(&rstd), dptr(&x), self.master_ptr(self.layer_index(l, crate::model::ATTN_NORM)), b, d, c.rms_norm_eps)?;
                 g.gemm(dptr(&qkv), false, dptr(&h), false, self.weight_ptr(self.layer_index(l, crate::model::WQ)), true, b, s, d, 0.0)?;
                 let (cos, sin) = self.rope_ptrs();
-                g.rope(dptr(&qkv), s, 0, cos, sin, dptr(&pos_dev), b, hq, hd, false)?;
-                g.rope(dptr(&qkv), s, qd, cos, sin, dptr(&pos_dev), b, hkv, hd, false)?;
+                // q and k heads are adjacent in qkv: one rotary launch for both.
+                g.rope(dptr(&qkv), s, 0, cos, sin, dptr(&pos_dev), b, hq + hkv, hd, false)?;
                 g.kv_append(dptr(&kc[l]), dptr(&vc[l]), dptr(&qkv), dptr(&pos_dev), b, max_len, hq, hkv, hd)?;
                 g.decode_attn(dptr(&att), dptr(&qkv), dptr(&kc[l]), dptr(&vc[l]), dptr(&pos_dev), b, max_len, hq, hkv, hd)?;
                 g.gemm(dptr(&x), true, dptr(&att), false, self.weight_ptr(self.layer_index(l, crate::model::WO)), true, b, d, qd, 1.0)?;

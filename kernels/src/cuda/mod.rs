@@ -178,6 +178,9 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// The workspace cuBLAS was given (kept alive with the handle).
+    #[allow(dead_code)]
+    blas_workspace: Option<CudaSlice<u8>>,
     module: Arc<CudaModule>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
     /// Seconds spent compiling (0 when the cache had the kernels).
@@ -231,7 +234,21 @@ impl Gpu {
         let compile_seconds = if cached { 0.0 } else { t0.elapsed().as_secs_f64() };
         let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(drv("cuModuleLoadData"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Blas { op: "cublasCreate".into(), message: format!("{e:?}") })?;
+        // An explicit cuBLAS workspace (NVIDIA recommends 32 MiB on Hopper); some of the faster
+        // product algorithms need one. `ALIGNFLOW_CUBLAS_WORKSPACE_MB=0` leaves cuBLAS's default.
+        let ws_mb = std::env::var("ALIGNFLOW_CUBLAS_WORKSPACE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(32);
+        let blas_workspace = if ws_mb > 0 {
+            let ws = stream.alloc_zeros::<u8>(ws_mb << 20).map_err(drv("cuMemAlloc"))?;
+            // SAFETY: the workspace lives as long as the handle (both are fields of Gpu).
+            unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), dptr(&ws) as *mut _, ws_mb << 20) }
+                .result()
+                .map_err(|e| CudaError::Blas { op: "cublasSetWorkspace".into(), message: format!("{e:?}") })?;
+            Some(ws)
+        } else {
+            None
+        };
         Ok(Arc::new(Gpu {
+            blas_workspace,
             ordinal,
             name,
             arch,

@@ -194,8 +194,8 @@ impl GpuLlama {
             g.rmsnorm_fwd(dptr(&h1), dptr(&rstd1), dptr(&x), self.m32(self.li(l, ATTN_NORM)), n, d, c.rms_norm_eps)?;
             let qkv = g.empty::<u16>(n * s)?;
             g.gemm(dptr(&qkv), false, dptr(&h1), false, self.w(self.li(l, WQ)), true, n, s, d, 0.0)?;
-            g.rope(dptr(&qkv), s, 0, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&pos), n, hq, hd, false)?;
-            g.rope(dptr(&qkv), s, qd, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&pos), n, hkv, hd, false)?;
+            // q and k heads are adjacent in qkv: one rotary launch for both.
+            g.rope(dptr(&qkv), s, 0, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&pos), n, hq + hkv, hd, false)?;
             let att = g.empty::<u16>(n * qd)?;
             let lse = g.empty::<f32>(hq * n)?;
             g.attention_fwd(dptr(&att), dptr(&lse), dptr(&qkv), &packed, hq, hkv, hd, self.attention)?;
@@ -310,8 +310,8 @@ impl GpuLlama {
             g.gemm(dptr(&datt), false, dptr(&dx_b), false, self.w(self.li(l, WO)), false, n, qd, d, 0.0)?;
             g.gemm(self.g(self.li(l, WO)), true, dptr(&dx_b), true, dptr(&a.att), false, d, qd, n, 1.0)?;
             g.attention_bwd(dptr(&dqkv), dptr(&dsum), dptr(&datt), dptr(&a.att), dptr(&a.qkv), dptr(&a.lse), &acts.rows, hq, hkv, hd, self.attention)?;
-            g.rope(dptr(&dqkv), s, 0, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&acts.pos), n, hq, hd, true)?;
-            g.rope(dptr(&dqkv), s, qd, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&acts.pos), n, hkv, hd, true)?;
+            // q and k heads are adjacent in qkv: one rotary launch for both.
+            g.rope(dptr(&dqkv), s, 0, dptr(&self.rope_cos), dptr(&self.rope_sin), dptr(&acts.pos), n, hq + hkv, hd, true)?;
             g.gemm(dptr(&dh), false, dptr(&dqkv), false, self.w(self.li(l, WQ)), false, n, d, s, 0.0)?;
             g.gemm(self.g(self.li(l, WQ)), true, dptr(&dqkv), true, dptr(&a.h1), false, s, d, n, 1.0)?;
             let ai = self.li(l, ATTN_NORM);

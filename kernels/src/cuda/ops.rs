@@ -60,7 +60,8 @@ impl Gpu {
     /// rows of `stride` elements; `inverse` for the backward.
     #[allow(clippy::too_many_arguments)]
     pub fn rope(&self, x: u64, stride: usize, col0: usize, cos: u64, sin: u64, pos: u64, n: usize, heads: usize, hd: usize, inverse: bool) -> Result<(), CudaError> {
-        launch!(self, "rope", self.stride_cfg(n * heads * hd / 2);
+        // One warp per (token, head).
+        launch!(self, "rope", self.stride_cfg(n * heads * 32);
             x, stride as i32, col0 as i32, cos, sin, pos, n as i32, heads as i32, hd as i32, inverse as i32);
         Ok(())
     }
@@ -174,12 +175,14 @@ impl Gpu {
                     dqkv, dout, qkv, lse, dsum, super::dptr(&rows.row_end), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
             AttnImpl::Fa2 => {
-                launch!(self, "fa2_bwd_prep", self.stride_cfg(n * hq); dsum, dout, out, n as i32, hq as i32, hd as i32);
                 let (dkdv, dq) = match hd {
                     32 => ("fa2_bwd_dkdv_32", "fa2_bwd_dq_32"),
                     64 => ("fa2_bwd_dkdv_64", "fa2_bwd_dq_64"),
                     _ => ("fa2_bwd_dkdv_128", "fa2_bwd_dq_128"),
                 };
+                // dQ first: it also writes D = rowsum(dO ∘ O), which the dK/dV kernel reads.
+                launch!(self, dq, cfg((hq as u32, rows.tiles as u32), 128, tile_smem(hd, 4));
+                    dqkv, dsum, dout, out, qkv, lse, tr, tt, tl, super::dptr(&rows.order_q), n as i32, hq as i32, hkv as i32, scale);
                 // With grouped heads each q head's dK, dV go to f32 scratch, then are summed per
                 // group in head order (fa2_dkdv_reduce); without groups straight into dqkv.
                 let scratch = if hq != hkv { Some((self.empty::<f32>(hq * n * hd)?, self.empty::<f32>(hq * n * hd)?)) } else { None };
@@ -189,8 +192,6 @@ impl Gpu {
                 if scratch.is_some() {
                     launch!(self, "fa2_dkdv_reduce", self.stride_cfg(n * hkv * hd); dqkv, dkh, dvh, n as i32, hq as i32, hkv as i32, hd as i32);
                 }
-                launch!(self, dq, cfg((hq as u32, rows.tiles as u32), 128, tile_smem(hd, 4));
-                    dqkv, dout, qkv, lse, dsum, tr, tt, tl, super::dptr(&rows.order_q), n as i32, hq as i32, hkv as i32, scale);
             }
             r => {
                 launch!(self, "attn_bwd_prep", cfg((n as u32, hq as u32), 32, 0); dsum, dout, out, n as i32, hq as i32, hd as i32);
@@ -239,7 +240,7 @@ impl Gpu {
 }
 
 /// Rows per chunk of the deterministic two-pass RMSNorm weight gradient.
-pub const RMS_ROWS: usize = 256;
+pub const RMS_ROWS: usize = 64;
 /// Partial sums of the gradient norm.
 pub const SUMSQ_BLOCKS: usize = 1024;
 
