@@ -261,16 +261,21 @@ kind = "train_reward"
 inputs = { pairs = "collect.pairs", init = "pretrain.model" }
 params = { track = "helpfulness", epochs = 2, lr = 1e-3, batch_pairs = 8, micro_pairs = 2, max_tokens = 48 }
 
+[stages.rs]
+kind = "rejection_sample"
+inputs = { prompts = "world.rl_prompts", policy = "pretrain.model", helpfulness_rm = "rm.model" }
+params = { k = 4, max_new_tokens = 6 }
+
 [stages.ppo]
 kind = "ppo"
 inputs = { prompts = "world.rl_prompts", policy = "pretrain.model", helpfulness_rm = "rm.model", heldout = "world.eval" }
 params = { iterations = 2, batch_prompts = 6, minibatch = 3, shards = 3, lr = 1e-4, value_lr = 1e-4, max_new_tokens = 6, eval_every = 1, patience = 2, heldout_prompts = 4 }
 "#;
 
-/// Preference collection (row-wise), the reward model (data-parallel: its micro-batches are
-/// split over the processes) and PPO (data-parallel: rollouts split by answer, mini-batch shards
-/// by part) on 2 processes x 2 workers give byte-identical pairs, weights and reports to one
-/// process, and both processes ran the data-parallel stages.
+/// Preference collection and rejection sampling (row-wise), the reward model (data-parallel:
+/// its micro-batches are split over the processes) and PPO (data-parallel: rollouts split by
+/// answer, mini-batch shards by part) on 2 processes x 2 workers give byte-identical tables,
+/// weights and reports to one process, and both processes ran the data-parallel stages.
 #[test]
 fn reward_model_and_ppo_on_two_processes_match_one_process_byte_for_byte() {
     let d = tempfile::tempdir().unwrap();
@@ -283,7 +288,7 @@ fn reward_model_and_ppo_on_two_processes_match_one_process_byte_for_byte() {
         assert!(o.status.success(), "process {i} failed:\n{}", String::from_utf8_lossy(&o.stderr));
     }
     let cluster = report(&outs[0]);
-    for s in ["collect", "rm", "ppo"] {
+    for s in ["collect", "rm", "rs", "ppo"] {
         assert_eq!(stage(&cluster, s)["fingerprint"], stage(&one, s)["fingerprint"], "{s}");
         assert_eq!(stage(&cluster, s)["status"], "ran", "{s}");
     }
@@ -297,6 +302,8 @@ fn reward_model_and_ppo_on_two_processes_match_one_process_byte_for_byte() {
         ("collect", "pairs", "table.parquet"),
         ("rm", "model", "model.safetensors"),
         ("rm", "report", "report.json"),
+        ("rs", "samples", "table.parquet"),
+        ("rs", "best", "table.parquet"),
         ("ppo", "model", "model.safetensors"),
         ("ppo", "value", "model.safetensors"),
         ("ppo", "report", "report.json"),

@@ -32,7 +32,8 @@ impl Stage for RejectionSample {
         "rejection_sample"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: each row's samples are scored on their own (rewards no longer depend on the batch).
+        2
     }
     fn doc(&self) -> &'static str {
         "Llama 2 rejection sampling: K answers per prompt at `temperature`, scored by the reward models (safety-gated combined reward), the best kept; `pool` keeps the best of earlier rounds; the report has max/median reward and the gold score of the chosen sample against K = 1, 2, 4, ..., K (Figure 7)."
@@ -153,7 +154,15 @@ impl RowFn for SampleK {
         let prompts: Vec<&str> = (0..texts.len()).map(|i| self.prompts[tasks[i / self.k].index].prompt.as_str()).collect();
         let tags: Vec<bool> = (0..texts.len()).map(|i| self.prompts[tasks[i / self.k].index].is_safety).collect();
         let answers: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let scored = self.scorer.score(&prompts, &answers, &tags)?;
+        // Each row's K samples are scored on their own: the engine's batched forward is not
+        // bit-identical for a row in different batches, so scoring rows of several prompts
+        // together made a reward depend on which rows shared its batch (the worker and process
+        // split), breaking the row-wise invariant in the last bits.
+        let mut scored = Vec::with_capacity(texts.len());
+        for j in 0..tasks.len() {
+            let r = j * self.k..(j + 1) * self.k;
+            scored.extend(self.scorer.score(&prompts[r.clone()], &answers[r.clone()], &tags[r])?);
+        }
         Ok(tasks
             .iter()
             .enumerate()
@@ -372,6 +381,32 @@ mod tests {
         // Max over more samples never falls.
         let m = &report["max_reward_by_k"];
         assert!(m["5"].as_f64().unwrap() >= m["1"].as_f64().unwrap());
+    }
+
+    /// A row's samples and rewards are the same bytes whether the row is computed alone or in
+    /// a batch with other rows (the split over workers and processes must not matter). With
+    /// these sizes, scoring all 200 samples together changed 7 rewards in the last bits (version
+    /// 1 of the stage did that).
+    #[test]
+    fn a_row_gives_the_same_bytes_alone_and_in_a_batch() {
+        let work = tempfile::tempdir().unwrap();
+        tiny_policy(&work.path().join("policy"), 13);
+        let policy = Loaded::load(&work.path().join("policy"), "p").unwrap();
+        let rm = policy.reward_model_init(3).unwrap();
+        let batch = prompts(40);
+        let f = SampleK {
+            judges: datasets::judge::judge_inputs(&batch, "p").unwrap(),
+            prompts: datasets::schema::prompt_rows(&batch, "p").unwrap(),
+            scorer: Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: Some(policy.reward_model_init(4).unwrap()), threshold: 0.15 },
+            policy,
+            params: SamplingParams { max_new_tokens: 6, temperature: 1.0, top_p: 1.0, seed: 0 },
+            k: 5,
+        };
+        let task = |index: usize| RowTask { index, key: format!("r{index}"), seed: 100 + index as u64 };
+        let all = f.compute(&(0..40).map(task).collect::<Vec<_>>()).unwrap();
+        for (i, together) in all.iter().enumerate() {
+            assert!(&f.compute(&[task(i)]).unwrap()[0] == together, "row {i} alone differs from row {i} in a batch of 40");
+        }
     }
 
     #[test]
