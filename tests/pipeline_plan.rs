@@ -42,9 +42,31 @@ fn plan_names_the_changed_parameter_and_the_upstream_that_will_run() {
 #[test]
 fn shipped_pipelines_pass_check() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["pipelines/llama2_chat.toml", "pipelines/examples/jsonl_tokenize.toml"] {
+    for f in ["pipelines/llama2_chat.toml", "pipelines/examples/jsonl_tokenize.toml", "pipelines/examples/sft_eval.toml"] {
         let out = alignflow(root, &["check", f]);
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// pipelines/examples/sft_eval.toml is the default pipeline's first half: every one of its
+/// stage instances has the fingerprint of the default pipeline's instance of the same name (so
+/// its results, e.g. on a GPU, compare with the default pipeline's).
+#[test]
+fn sft_eval_example_is_the_default_pipelines_first_half() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    let ws = d.path().join("ws");
+    let plan = |f: &str| -> std::collections::BTreeMap<String, String> {
+        let out = alignflow(root, &["plan", f, "--workspace", ws.to_str().unwrap(), "--json"]);
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["stages"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s["fingerprint"].as_str().unwrap().to_string())).collect()
+    };
+    let full = plan("pipelines/llama2_chat.toml");
+    let half = plan("pipelines/examples/sft_eval.toml");
+    assert_eq!(half.len(), 8);
+    for (name, fp) in &half {
+        assert_eq!(full.get(name), Some(fp), "stage `{name}` differs from pipelines/llama2_chat.toml");
     }
 }
 

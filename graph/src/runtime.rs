@@ -196,10 +196,12 @@ fn connect(communication: timely::CommunicationConfig, cluster: Option<&ClusterC
     }
 }
 
-/// The shared CPU/GPU budget of the operators of one worker, and who waits for it.
+/// The shared CPU/GPU budget of the operators of one worker, and who waits for it. GPUs are
+/// handed out by ordinal (lowest free first), so concurrent stages never share a device.
 struct Pool {
     free: Resources,
     total: Resources,
+    free_gpus: Vec<u32>,
     waiting: Vec<Activator>,
 }
 
@@ -209,18 +211,24 @@ impl Pool {
     fn clamp(&self, r: Resources) -> Resources {
         Resources { cpus: r.cpus.min(self.total.cpus), gpus: r.gpus.min(self.total.gpus) }
     }
-    fn try_take(&mut self, r: Resources) -> bool {
+    fn new(total: Resources) -> Pool {
+        Pool { free: total, total, free_gpus: (0..total.gpus).collect(), waiting: Vec::new() }
+    }
+    /// The GPU ordinals taken when `r` fits.
+    fn try_take(&mut self, r: Resources) -> Option<Vec<u32>> {
         if r.cpus <= self.free.cpus && r.gpus <= self.free.gpus {
             self.free.cpus -= r.cpus;
             self.free.gpus -= r.gpus;
-            true
+            Some(self.free_gpus.drain(..r.gpus as usize).collect())
         } else {
-            false
+            None
         }
     }
-    fn give_back(&mut self, r: Resources) {
+    fn give_back(&mut self, r: Resources, gpus: &[u32]) {
         self.free.cpus += r.cpus;
         self.free.gpus += r.gpus;
+        self.free_gpus.extend_from_slice(gpus);
+        self.free_gpus.sort_unstable();
         for a in self.waiting.drain(..) {
             a.activate();
         }
@@ -281,7 +289,7 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
         let reports: Rc<RefCell<Vec<Option<StageReport>>>> = Rc::new(RefCell::new(vec![None; n]));
         let statuses: Rc<RefCell<Vec<Option<u8>>>> = Rc::new(RefCell::new(vec![None; n]));
         let total = Resources { cpus: o2.cpus.max(1), gpus: o2.gpus };
-        let pool = Rc::new(RefCell::new(Pool { free: total, total, waiting: Vec::new() }));
+        let pool = Rc::new(RefCell::new(Pool::new(total)));
         let closed = Rc::new(Cell::new(false));
         let closer: Rc<RefCell<Option<Activator>>> = Rc::default();
         let (mb, closed2, closer2, statuses2, reports2) = (mailbox.clone(), closed.clone(), closer.clone(), statuses.clone(), reports.clone());
@@ -346,7 +354,7 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                     let wake = scope.worker().sync_activator_for(info.address.to_vec());
                     let mut cap = Some(cap);
                     let mut upstream_failed = false;
-                    let mut running: Option<(mpsc::Receiver<StageReport>, Resources)> = None;
+                    let mut running: Option<(mpsc::Receiver<StageReport>, Resources, Vec<u32>)> = None;
                     move |(input, frontier), output| {
                         input.for_each(|_, data| upstream_failed |= data.iter().any(|(_, st)| !status_from(*st).ok()));
                         let Some(c) = cap.as_ref() else { return };
@@ -357,14 +365,14 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                             return;
                         }
                         let finished = match running.as_ref() {
-                            Some((rx, res)) => match rx.try_recv() {
+                            Some((rx, res, gpus)) => match rx.try_recv() {
                                 Ok(report) => {
-                                    pool.borrow_mut().give_back(*res);
+                                    pool.borrow_mut().give_back(*res, gpus);
                                     Some(report)
                                 }
                                 Err(mpsc::TryRecvError::Empty) => None,
                                 Err(mpsc::TryRecvError::Disconnected) => {
-                                    pool.borrow_mut().give_back(*res);
+                                    pool.borrow_mut().give_back(*res, gpus);
                                     Some(ctx.report(idx, Status::Failed, None, 0.0, Some("the stage's thread died".into())))
                                 }
                             },
@@ -378,14 +386,15 @@ pub fn run(plan: &Plan, registry: &Registry, store: &Store, opts: &RunOptions, p
                                 // the processes could otherwise start them in different orders
                                 // and wait for each other for ever.
                                 let want = if clustered && distributed { Resources { cpus: 0, gpus: 0 } } else { pool.borrow().clamp(ctx.resources(idx)) };
-                                if pool.borrow_mut().try_take(want) {
+                                let taken = pool.borrow_mut().try_take(want);
+                                if let Some(gpus) = taken {
                                     let (tx, rx) = mpsc::channel();
-                                    let (job, wake, coll) = (ctx.clone(), wake.clone(), collective.clone());
+                                    let (job, wake, coll, granted) = (ctx.clone(), wake.clone(), collective.clone(), gpus.clone());
                                     std::thread::spawn(move || {
-                                        let _ = tx.send(job.execute(idx, coll, clustered && distributed));
+                                        let _ = tx.send(job.execute(idx, coll, clustered && distributed, granted));
                                         let _ = wake.activate();
                                     });
-                                    running = Some((rx, want));
+                                    running = Some((rx, want, gpus));
                                 } else {
                                     pool.borrow_mut().waiting.push(activator.clone());
                                 }
@@ -603,7 +612,7 @@ impl JobCtx {
     /// Runs one instance to completion on the calling thread and commits its outputs. With
     /// `decide_cache` (an instance every process of a cluster runs), the processes first agree
     /// on whether it is cached: process 0's view wins.
-    fn execute(&self, idx: usize, collective: Arc<dyn Collective>, decide_cache: bool) -> StageReport {
+    fn execute(&self, idx: usize, collective: Arc<dyn Collective>, decide_cache: bool, gpus: Vec<u32>) -> StageReport {
         let start = Instant::now();
         if decide_cache {
             // Process 0 alone writes the store, so it alone may reuse an artifact by content.
@@ -623,7 +632,7 @@ impl JobCtx {
                 return report;
             }
         }
-        match self.try_execute(idx, collective) {
+        match self.try_execute(idx, collective, gpus) {
             Ok(rows) => {
                 let status = match rows {
                     Some(r) if r.reused > 0 => Status::Partial,
@@ -638,7 +647,7 @@ impl JobCtx {
         }
     }
 
-    fn try_execute(&self, idx: usize, collective: Arc<dyn Collective>) -> Result<Option<RowStats>, StageError> {
+    fn try_execute(&self, idx: usize, collective: Arc<dyn Collective>, gpus: Vec<u32>) -> Result<Option<RowStats>, StageError> {
         let inst = &self.plan.instances[idx];
         let decl = &self.plan.pipeline.stages[inst.stage];
         let kind = self.registry.get(&decl.kind).ok_or_else(|| StageError::Message(format!("unknown kind {}", decl.kind)))?;
@@ -690,7 +699,8 @@ impl JobCtx {
         let scratch = self.store.scratch_dir(&inst.fingerprint).map_err(|e| StageError::wrap("creating the scratch directory", e))?;
         let mut ctx = RunCtx::new(&inst.name, inst.round, inst.seed, &decl.params, &self.plan.base_dir, inputs, out_dirs, &engine)
             .with_scratch(scratch)
-            .with_collective(collective);
+            .with_collective(collective)
+            .with_gpus(gpus);
         kind.run(&mut ctx)?;
         let rows = ctx.row_stats();
         for p in &outputs {

@@ -160,6 +160,7 @@ pub struct RunCtx<'a> {
     pub(crate) row_stats: Option<RowStats>,
     pub(crate) scratch: Option<PathBuf>,
     pub(crate) collective: Arc<dyn crate::cluster::Collective>,
+    pub(crate) gpus: Vec<u32>,
 }
 
 impl<'a> RunCtx<'a> {
@@ -175,7 +176,7 @@ impl<'a> RunCtx<'a> {
         outputs: BTreeMap<String, PathBuf>,
         rows: &'a dyn RowEngine,
     ) -> Self {
-        RunCtx { instance, round, seed, params, base_dir, inputs, outputs, rows, row_stats: None, scratch: None, collective: Arc::new(crate::cluster::Solo) }
+        RunCtx { instance, round, seed, params, base_dir, inputs, outputs, rows, row_stats: None, scratch: None, collective: Arc::new(crate::cluster::Solo), gpus: Vec::new() }
     }
 
     /// Gives the stage a persistent scratch directory (see [`RunCtx::scratch_dir`]).
@@ -188,6 +189,19 @@ impl<'a> RunCtx<'a> {
     pub fn with_collective(mut self, c: Arc<dyn crate::cluster::Collective>) -> Self {
         self.collective = c;
         self
+    }
+
+    /// Grants GPUs (device ordinals) to the stage (see [`RunCtx::gpus`]).
+    pub fn with_gpus(mut self, gpus: Vec<u32>) -> Self {
+        self.gpus = gpus;
+        self
+    }
+
+    /// The GPUs (device ordinals) the scheduler granted this instance for its run: as many as
+    /// its `resources.gpus` (at most the run's `--gpus`), none by default. A stage that can use
+    /// a GPU does so when granted one; granted none, it runs on the CPU.
+    pub fn gpus(&self) -> &[u32] {
+        &self.gpus
     }
 
     /// The processes running this instance together: in a cluster run, a row-wise or

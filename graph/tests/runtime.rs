@@ -235,3 +235,67 @@ fn checker_reports_loop_and_reference_problems_together() {
     assert!(msgs.iter().any(|m| m.contains("not a stage of loop `rl`")), "{msgs:?}");
     assert!(msgs.iter().any(|m| m.contains("has no output `nope`")), "{msgs:?}");
 }
+
+/// Records the GPUs it was granted; asserts no other running instance holds the same one.
+struct GpuProbe;
+static GPUS_IN_USE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+impl Stage for GpuProbe {
+    fn kind(&self) -> &'static str {
+        "gpu_probe"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "writes the GPUs it was granted"
+    }
+    fn inputs(&self) -> Vec<Port> {
+        vec![]
+    }
+    fn outputs(&self) -> Vec<Port> {
+        vec![Port::new("out", ArtifactType::Table, "")]
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![ParamSpec::int("n", 0, 1000, Some(0), "distinguishes instances")]
+    }
+    fn resources(&self) -> graph::Resources {
+        graph::Resources { cpus: 1, gpus: 1 }
+    }
+    fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
+        let mine = ctx.gpus().to_vec();
+        {
+            let mut used = GPUS_IN_USE.lock().unwrap();
+            assert!(mine.iter().all(|g| !used.contains(g)), "GPU {mine:?} granted twice at once (in use: {used:?})");
+            used.extend(&mine);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        GPUS_IN_USE.lock().unwrap().retain(|g| !mine.contains(g));
+        let text: String = mine.iter().map(|g| format!("{g}\n")).collect();
+        std::fs::write(table(ctx.output("out")?), text).map_err(|source| StageError::Io { path: "out".into(), source })
+    }
+}
+
+#[test]
+fn gpus_are_granted_by_ordinal_and_never_shared() {
+    let mut reg = registry();
+    reg.register(Arc::new(GpuProbe));
+    let text = "[pipeline]\nname = \"g\"\nseed = 1\n".to_string()
+        + &(0..5).map(|i| format!("[stages.p{i}]\nkind = \"gpu_probe\"\nparams = {{ n = {i} }}\n")).collect::<String>();
+    for gpus in [0u32, 2] {
+        let d = tempfile::tempdir().unwrap();
+        let p = graph::check(&text, &reg).unwrap_or_else(|d| panic!("{d:?}"));
+        let plan = graph::plan(p, &reg, d.path()).unwrap();
+        let opts = RunOptions { workers: 2, cpus: 4, gpus, cluster: None };
+        let r = graph::run(&plan, &reg, &Store::at(d.path().join("ws")), &opts, Arc::new(Silent)).unwrap();
+        assert!(r.stages.iter().all(|s| s.status == Status::Ran), "{r:?}");
+        for s in &r.stages {
+            let out = std::fs::read_to_string(d.path().join("ws/artifacts").join(&s.fingerprint).join("out/table.parquet")).unwrap();
+            let got: Vec<u32> = out.lines().map(|l| l.parse().unwrap()).collect();
+            if gpus == 0 {
+                assert!(got.is_empty(), "{}: granted {got:?} with --gpus 0", s.name);
+            } else {
+                assert!(got.len() == 1 && got[0] < gpus, "{}: granted {got:?} with --gpus {gpus}", s.name);
+            }
+        }
+    }
+}

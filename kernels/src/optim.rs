@@ -45,6 +45,17 @@ impl AdamW {
         AdamW { config, m: zeros(), v: zeros(), step: 0 }
     }
 
+    /// The first and second moment estimates, one vector per parameter tensor (model order).
+    pub fn moments(&self) -> (&[Vec<f32>], &[Vec<f32>]) {
+        (&self.m, &self.v)
+    }
+
+    /// Mutable moment estimates (for optimisers kept on another device that hand their state
+    /// back); the shapes must stay those of the model.
+    pub fn moments_mut(&mut self) -> (&mut [Vec<f32>], &mut [Vec<f32>]) {
+        (&mut self.m, &mut self.v)
+    }
+
     /// One update of every parameter with learning rate `lr`.
     pub fn update(&mut self, model: &mut Llama, grads: &Grads, lr: f32) -> Result<(), ModelError> {
         check_like(model, grads)?;

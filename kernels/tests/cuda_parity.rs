@@ -420,3 +420,57 @@ fn greedy_decoding_agrees_with_the_cpu_model() {
         assert!(o[..o.len() - 1].iter().all(|&t| t != 5), "tokens after EOS");
     }
 }
+
+/// The device-neutral trainer (`kernels::device::LmTrainer`, what the training stages use): on
+/// the GPU it follows the CPU trainer's loss curve and weight updates within bf16 rounding, and
+/// handing its state back to the CPU (as a checkpoint does) and resuming from it continues
+/// bit-identically.
+#[test]
+fn device_trainer_matches_the_cpu_trainer_and_resumes_exactly() {
+    use kernels::device::{Device, LmTrainer};
+    use kernels::optim::{AdamW, AdamWConfig, LmMicroBatch};
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::cuda(0).unwrap();
+    let start = Llama::new_random(tiny_config(64, false), 17);
+    let mut rng = Rng::new(23);
+    // Three batches, each seen four times: learnable, so the loss falls.
+    let batches: Vec<Vec<LmMicroBatch>> = (0..3)
+        .map(|_| {
+            let (rows, targets, weights) = batch(&mut rng, &[64, 50, 30], 300);
+            vec![LmMicroBatch { rows, targets, weights }]
+        })
+        .collect();
+    let steps: Vec<Vec<LmMicroBatch>> = (0..12).map(|i| batches[i % 3].clone()).collect();
+    let run = |device: &Device, handover_at: Option<usize>| -> (Vec<f32>, Llama, AdamW) {
+        let mut m = start.clone();
+        let mut o = AdamW::new(AdamWConfig::llama2(0.1), &m);
+        let mut t = LmTrainer::new(device, &m, &o).unwrap();
+        let mut losses = vec![];
+        for (i, micro) in steps.iter().enumerate() {
+            if handover_at == Some(i) {
+                t.sync(&mut m, &mut o).unwrap();
+                t = LmTrainer::new(device, &m, &o).unwrap();
+            }
+            losses.push(t.step(&mut m, &mut o, micro, 3e-3, Some(1.0), 1).unwrap().loss);
+        }
+        t.sync(&mut m, &mut o).unwrap();
+        (losses, m, o)
+    };
+    let (loss_cpu, m_cpu, _) = run(&Device::Cpu, None);
+    let (loss_gpu, m_gpu, o_gpu) = run(&dev, None);
+    eprintln!("trainer losses cpu {loss_cpu:?}\ntrainer losses gpu {loss_gpu:?}");
+    for (s, (a, b)) in loss_cpu.iter().zip(&loss_gpu).enumerate() {
+        assert!((a - b).abs() < 2e-2 * a.abs().max(1.0), "step {s}: loss cpu {a} gpu {b}");
+    }
+    assert!(loss_gpu[11] < loss_gpu[0], "the loss did not fall: {loss_gpu:?}");
+    let w0 = start.params().concat();
+    let delta = |m: &Llama| -> Vec<f32> { m.params().concat().iter().zip(&w0).map(|(a, b)| a - b).collect() };
+    check("trainer: weight change after 12 steps", &delta(&m_gpu), &delta(&m_cpu), 1e-1);
+    let (loss_res, m_res, o_res) = run(&dev, Some(6));
+    assert_eq!(loss_gpu, loss_res, "resuming from the handed-back state changed the losses");
+    assert_eq!(m_gpu.params().concat(), m_res.params().concat(), "resuming changed the weights");
+    assert_eq!(o_gpu.moments(), o_res.moments(), "resuming changed the optimiser state");
+    assert_eq!(o_gpu.step, o_res.step);
+}

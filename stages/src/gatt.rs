@@ -52,6 +52,11 @@ impl Stage for Gatt {
     fn version(&self) -> u32 {
         2
     }
+    /// One GPU when the run has one (`--gpus`): training then runs on it (see
+    /// `train_and_save`); with `--gpus 0` the scheduler grants none and training stays on the CPU.
+    fn resources(&self) -> graph::Resources {
+        graph::Resources { cpus: 1, gpus: 1 }
+    }
     fn doc(&self) -> &'static str {
         "Ghost Attention (Llama 2 §3.3): sample multi-turn dialogues with the instruction concatenated to every user turn, keep it only at the start for training, zero the loss on every earlier turn, fine-tune; writes a model directory like sft's."
     }

@@ -37,6 +37,11 @@ impl Stage for Sft {
     fn data_parallel(&self) -> bool {
         true
     }
+    /// One GPU when the run has one (`--gpus`): training then runs on it (see
+    /// `train_and_save`); with `--gpus 0` the scheduler grants none and training stays on the CPU.
+    fn resources(&self) -> graph::Resources {
+        graph::Resources { cpus: 1, gpus: 1 }
+    }
     fn inputs(&self) -> Vec<Port> {
         vec![
             Port::new("data", ArtifactType::Table, "training rows: `messages` chats, prompt/response, a text column, or `input_ids` (+ `loss_mask`)"),
@@ -91,6 +96,28 @@ impl Stage for Sft {
     }
 }
 
+/// Where a training stage runs: the first GPU the scheduler granted it (`--gpus`, the stage's
+/// `resources.gpus`), else the CPU. A granted GPU that cannot be used (a build without the
+/// `cuda` feature, no driver) is reported on stderr and training runs on the CPU. GPU training
+/// (bf16) agrees with the CPU's within bf16 rounding, not bitwise, and fingerprints do not
+/// record the device.
+pub(crate) fn training_device(ctx: &RunCtx<'_>) -> kernels::device::Device {
+    use kernels::device::Device;
+    match ctx.gpus().first() {
+        None => Device::Cpu,
+        Some(&g) => match Device::cuda(g as usize) {
+            Ok(d) => {
+                eprintln!("{}: training on GPU cuda:{g}", ctx.instance);
+                d
+            }
+            Err(e) => {
+                eprintln!("{}: granted GPU {g}, but {e}; training on the CPU", ctx.instance);
+                Device::Cpu
+            }
+        },
+    }
+}
+
 /// What [`train_and_save`] did.
 pub(crate) struct Trained {
     pub cfg: TrainConfig,
@@ -113,6 +140,7 @@ pub(crate) fn train_and_save(ctx: &RunCtx<'_>, model: &mut Llama, examples: &[Ex
         label: ctx.instance.to_string(),
         progress: true,
         reduce: crate::train::reduce::for_collective(ctx.collective()),
+        device: training_device(ctx),
     };
     let t0 = std::time::Instant::now();
     let outcome = train(model, examples, &cfg, &opts).map_err(|e| StageError::wrap("training", e))?;
@@ -131,6 +159,7 @@ pub(crate) fn train_and_save(ctx: &RunCtx<'_>, model: &mut Llama, examples: &[Ex
         "parameters": model.num_parameters(),
         "final_loss": outcome.curve.last().map(|l| l.loss),
         "seconds": seconds,
+        "device": opts.device.name(),
     });
     let path = out.join("train_summary.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&summary).expect("json")).map_err(|source| StageError::Io { path, source })?;

@@ -364,6 +364,34 @@ impl GpuAdamW {
         Ok(GpuAdamW { config, m: g.zeros(model.total)?, v: g.zeros(model.total)?, scratch: g.zeros(super::ops::SUMSQ_BLOCKS)?, step: 0 })
     }
 
+    /// Copies a CPU optimiser's moments and step count to the device (`model` gives the layout).
+    pub fn upload_state(&mut self, model: &GpuLlama, cpu: &crate::optim::AdamW) -> Result<(), CudaError> {
+        let (m, v) = cpu.moments();
+        let flat = |t: &[Vec<f32>]| -> Result<Vec<f32>, CudaError> {
+            if t.len() != model.specs.len() || t.iter().zip(&model.specs).any(|(x, s)| x.len() != s.numel()) {
+                return Err(CudaError::Unsupported("optimiser state does not match the model's parameters".into()));
+            }
+            Ok(t.concat())
+        };
+        self.m = model.gpu.upload(&flat(m)?)?;
+        self.v = model.gpu.upload(&flat(v)?)?;
+        self.step = cpu.step;
+        Ok(())
+    }
+
+    /// Copies the moments and step count back into a CPU optimiser of the same model.
+    pub fn download_state(&self, model: &GpuLlama, cpu: &mut crate::optim::AdamW) -> Result<(), CudaError> {
+        let (m, v) = (model.gpu.download(&self.m)?, model.gpu.download(&self.v)?);
+        let (cm, cv) = cpu.moments_mut();
+        for (i, s) in model.specs.iter().enumerate() {
+            let (o, len) = (model.offsets[i], s.numel());
+            cm[i].copy_from_slice(&m[o..o + len]);
+            cv[i].copy_from_slice(&v[o..o + len]);
+        }
+        cpu.step = self.step;
+        Ok(())
+    }
+
     /// The global L2 norm of the model's accumulated gradients.
     pub fn grad_norm(&self, model: &GpuLlama) -> Result<f32, CudaError> {
         Ok(model.gpu.sumsq(dptr(&model.grads), model.total, &self.scratch)?.sqrt() as f32)

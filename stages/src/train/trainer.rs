@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kernels::checkpoint::{load_tensors, save_tensors, SaveDtype, TensorMap};
+use kernels::device::{Device, LmTrainer};
 use kernels::model::Llama;
-use kernels::model::ModelError;
 use kernels::optim::{mean_ce_micro_batches, AdamW, AdamWConfig, LmMicroBatch};
 
 use super::examples::Example;
@@ -90,12 +90,16 @@ pub struct RunOptions {
     /// Data parallelism: which step parts this process computes and how gradients meet
     /// ([`Local`] for one process). Never changes the result.
     pub reduce: Arc<dyn GradReduce>,
+    /// Where the steps run: the CPU engine, or a GPU (model and optimiser kept on the device,
+    /// copied back for checkpoints and at the end). GPU results agree with the CPU's within
+    /// bf16 rounding, not bitwise. Data-parallel runs (several processes) are CPU-only.
+    pub device: Device,
 }
 
 impl RunOptions {
-    /// One process, no checkpoints, no progress display.
+    /// One process on the CPU, no checkpoints, no progress display.
     pub fn quiet(label: &str) -> RunOptions {
-        RunOptions { checkpoint_dir: None, checkpoint_every: 0, stop_after: None, label: label.to_string(), progress: false, reduce: Arc::new(Local) }
+        RunOptions { checkpoint_dir: None, checkpoint_every: 0, stop_after: None, label: label.to_string(), progress: false, reduce: Arc::new(Local), device: Device::Cpu }
     }
 }
 
@@ -138,6 +142,8 @@ pub enum TrainError {
     Diverged { step: usize, loss: f32 },
     #[error("step {step}: {source}")]
     Reduce { step: usize, source: super::reduce::ReduceError },
+    #[error("{0}")]
+    Device(String),
 }
 
 /// The row stream of a run: epoch e's packed rows, computed when first needed.
@@ -217,32 +223,43 @@ pub fn train(model: &mut Llama, examples: &[Example], cfg: &TrainConfig, opts: &
     // Data-parallel processes must resume from the same checkpoint (they read a shared scratch
     // directory); anything else would mix steps.
     opts.reduce.agree("the step training resumes from", start as u64).map_err(|source| TrainError::Reduce { step: start, source })?;
+    if !opts.device.is_cpu() && opts.reduce.processes() > 1 {
+        return Err(TrainError::Device(format!(
+            "data-parallel training over {} processes runs on CPUs only (the GPU all-reduce through NCCL is not built); run it without GPUs",
+            opts.reduce.processes()
+        )));
+    }
+    let mut trainer = LmTrainer::new(&opts.device, model, &opt).map_err(|source| TrainError::Model { step: start, source })?;
     let mut progress = Progress::new(&opts.label, total, start, opts.progress);
     let per_step = cfg.batch_size * cfg.grad_accum;
     for step in start..total {
         if opts.stop_after.is_some_and(|k| step - start >= k) {
+            trainer.sync(model, &mut opt).map_err(|source| TrainError::Model { step, source })?;
             progress.finish();
             return Ok(TrainOutcome { curve, total_steps: total, steps_done: step, resumed_from: start, rows_per_epoch: stream.rows_per_epoch });
         }
         let rows: Vec<PackedRow> = (step * per_step..(step + 1) * per_step).map(|i| stream.row(i)).collect();
         let lr = schedule.lr(cfg.lr, step as u64);
-        let point = one_step(model, &mut opt, &rows, cfg, step, lr, opts.reduce.as_ref())?;
+        let point = one_step(&mut trainer, model, &mut opt, &rows, cfg, step, lr, opts.reduce.as_ref())?;
         progress.step(&point);
         curve.push(point);
         let done = step + 1;
         if let Some(dir) = &opts.checkpoint_dir {
             if opts.reduce.writer() && opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 && done < total {
+                trainer.sync(model, &mut opt).map_err(|source| TrainError::Model { step: done, source })?;
                 save_checkpoint(dir, done, &key, model, &opt, &curve)?;
             }
         }
     }
+    trainer.sync(model, &mut opt).map_err(|source| TrainError::Model { step: total, source })?;
     progress.finish();
     Ok(TrainOutcome { curve, total_steps: total, steps_done: total, resumed_from: start, rows_per_epoch: stream.rows_per_epoch })
 }
 
 /// Forward and backward over the step's micro-batches (the engine's step: mean
 /// cross-entropy over the whole step, clipping, AdamW).
-fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainConfig, step: usize, lr: f32, reduce: &dyn GradReduce) -> Result<LossPoint, TrainError> {
+#[allow(clippy::too_many_arguments)]
+fn one_step(trainer: &mut LmTrainer, model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainConfig, step: usize, lr: f32, reduce: &dyn GradReduce) -> Result<LossPoint, TrainError> {
     let scored: usize = rows.iter().map(PackedRow::scored).sum();
     let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
     let targets: Vec<Vec<i32>> = rows.iter().map(|r| r.targets.clone()).collect();
@@ -251,7 +268,7 @@ fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainC
     let r = if reduce.processes() > 1 {
         data_parallel_step(model, opt, &micro, cfg.shards, lr, clip, reduce, step)?
     } else {
-        sharded_step(model, opt, &micro, cfg.shards, lr, clip).map_err(|source| TrainError::Model { step, source })?
+        trainer.step(model, opt, &micro, lr, clip, cfg.shards).map_err(|source| TrainError::Model { step, source })?
     };
     if !r.loss.is_finite() {
         return Err(TrainError::Diverged { step, loss: r.loss });
@@ -259,19 +276,17 @@ fn one_step(model: &mut Llama, opt: &mut AdamW, rows: &[PackedRow], cfg: &TrainC
     Ok(LossPoint { step: step + 1, loss: r.loss, lr, grad_norm: r.grad_norm, scored_tokens: scored })
 }
 
-/// The engine's language-model step with each micro-batch split into `shards` row shards
-/// whose passes run concurrently (`kernels::optim::lm_train_step_sharded`). With one shard it
-/// is exactly the engine's plain step. Several shards keep both cores busy where one pass
-/// cannot: on 2 cores the engine's single pass of 8 × 128 tokens used about 1.6 of them
-/// (BENCHMARKS-pipeline.md).
-fn sharded_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], shards: usize, lr: f32, clip: Option<f32>) -> Result<kernels::optim::StepReport, ModelError> {
-    kernels::optim::lm_train_step_sharded(model, opt, micro, lr, clip, shards)
-}
+// One process: `LmTrainer::step`. On the CPU that is the engine's language-model step with
+// each micro-batch split into `shards` row shards whose passes run concurrently
+// (`kernels::optim::lm_train_step_sharded`; one shard is exactly the engine's plain step).
+// Several shards keep both cores busy where one pass cannot: on 2 cores the engine's single
+// pass of 8 × 128 tokens used about 1.6 of them (BENCHMARKS-pipeline.md).
 
-/// [`sharded_step`] over the processes of a cluster run: each process computes the step parts
-/// it owns (concurrently on its threads), the parts are all-gathered, and every process adds
-/// all of them in part order and takes the same AdamW step: the same float operations in the
-/// same order as [`sharded_step`] on one process, so the weights are bit-identical.
+/// The one-process CPU step over the processes of a cluster run: each process computes the
+/// step parts it owns (concurrently on its threads), the parts are all-gathered, and every
+/// process adds all of them in part order and takes the same AdamW step: the same float
+/// operations in the same order as `lm_train_step_sharded` on one process, so the weights are
+/// bit-identical.
 #[allow(clippy::too_many_arguments)]
 fn data_parallel_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], shards: usize, lr: f32, clip: Option<f32>, reduce: &dyn GradReduce, step: usize) -> Result<kernels::optim::StepReport, TrainError> {
     let parts = kernels::optim::lm_step_parts(micro, shards);
@@ -508,7 +523,7 @@ mod tests {
     }
 
     fn opts(dir: Option<&Path>, stop_after: Option<usize>) -> RunOptions {
-        RunOptions { checkpoint_dir: dir.map(Path::to_path_buf), checkpoint_every: 2, stop_after, label: "test".into(), progress: false, reduce: Arc::new(Local) }
+        RunOptions { checkpoint_dir: dir.map(Path::to_path_buf), checkpoint_every: 2, stop_after, label: "test".into(), progress: false, reduce: Arc::new(Local), device: Device::Cpu }
     }
 
     #[test]
@@ -543,7 +558,8 @@ mod tests {
         let run = |shards: usize| {
             let mut model = Llama::new_random(tiny_config(), 3);
             let mut opt = AdamW::new(AdamWConfig::llama2(0.1), &model);
-            let r = sharded_step(&mut model, &mut opt, &micro, shards, 1e-2, Some(1.0)).unwrap();
+            let mut t = LmTrainer::new(&Device::Cpu, &model, &opt).unwrap();
+            let r = t.step(&mut model, &mut opt, &micro, 1e-2, Some(1.0), shards).unwrap();
             (r, model.params().iter().map(|p| p.to_vec()).collect::<Vec<_>>())
         };
         let mut model = Llama::new_random(tiny_config(), 3);
