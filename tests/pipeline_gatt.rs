@@ -116,4 +116,21 @@ fn gatt_small_runs_and_reports_adherence_by_turn() {
     for s in again["stages"].as_array().unwrap() {
         assert_eq!(s["status"], "cached", "{s}");
     }
+
+    // Rows shorter than the dialogues: long dialogues are windowed (turn 1 kept), and with
+    // `window_examples` each turn whose prefix does not fit gets an example of its own; every
+    // example fits `seq_len`. Only gatt and its evaluation re-run.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let old = "params = { max_new_tokens = 12, seq_len = 1024,";
+    assert!(text.contains(old), "gatt_small.toml changed: update this test");
+    let windowed = tmp.path().join("windowed.toml");
+    std::fs::write(&windowed, text.replace(old, "params = { window_examples = true, max_new_tokens = 12, seq_len = 192,")).unwrap();
+    let run2 = run_json(tmp.path(), windowed.to_str().unwrap(), ws.to_str().unwrap(), &[]);
+    assert_eq!(common::stage(&run2, "sft")["status"], "cached");
+    let model_dir = ws.join("artifacts").join(fingerprint(&run2, "gatt")).join("model");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(model_dir.join("gatt_summary.json")).unwrap()).unwrap();
+    assert!(summary["windowed_dialogues"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["window_examples"].as_u64().unwrap() > 0, "{summary}");
+    assert!(summary["longest_example_tokens"].as_u64().unwrap() <= 192, "{summary}");
+    assert!(summary["dialogue_examples"].as_u64().unwrap() == 32 + summary["window_examples"].as_u64().unwrap(), "{summary}");
 }

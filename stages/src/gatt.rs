@@ -82,6 +82,7 @@ impl Stage for Gatt {
             ParamSpec::str("loss_turns", Some("last"), "\"last\": loss on the final assistant turn only (the paper's zeroed earlier turns); \"all\": every assistant turn"),
             ParamSpec::bool("repair", Some(true), "rewrite sampled answers that break the instruction so they obey (else drop dialogues whose final answer breaks it)"),
             ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
+            ParamSpec::bool("window_examples", Some(false), "also train on the windowed prompts the evaluation builds: every assistant turn of a dialogue longer than seq_len whose prefix does not fit gets its own example (turn 1, which holds the instruction, plus the most recent turns that fit), scored on that turn only").added_later(),
             ParamSpec::float("replay_share", 0.0, 0.95, Some(0.5), "with a `replay` table: its share of the scored assistant turns (each replayed chat scores one answer; a dialogue scores one turn with loss_turns = last, every turn with all); rows drawn in a seeded order, repeated if the table is smaller").added_later(),
         ]
         .into_iter()
@@ -144,6 +145,8 @@ impl Stage for Gatt {
         let (mut turns_total, mut turns_held, mut dropped) = (0usize, 0usize, 0usize);
         let seq_len = p.int("seq_len")? as usize;
         let mut windowed = 0usize;
+        let window_examples = p.bool("window_examples")?;
+        let mut window_extra = 0usize;
         let mut examples = Vec::with_capacity(rows.len());
         for ((r, ins), turns) in rows.iter().zip(&instructions).zip(&sampled) {
             let held: Vec<bool> = turns.iter().map(|t| ins.holds(&t.text)).collect();
@@ -181,6 +184,27 @@ impl Stage for Gatt {
             windowed += (dropped > 0) as usize;
             let mask = if last_only { last_run_only(&enc.assistant_mask) } else { enc.assistant_mask };
             examples.push(Example { ids: enc.ids, mask });
+            if window_examples && dropped > 0 {
+                // The evaluation answers turn t of a long dialogue from a window: turn 1 plus the
+                // most recent turns that fit. Those prompts put the answer at the last positions
+                // with a gap after turn 1, unlike any prefix above; train on each of them.
+                for t in 1..answers.len() - 1 {
+                    let mut d = 0;
+                    let enc = loop {
+                        let messages = training_messages(r, &system, &answers[..=t], &position, d);
+                        let msgs: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+                        let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
+                        if enc.ids.len() <= seq_len || d + 2 >= t + 1 {
+                            break enc;
+                        }
+                        d += 1;
+                    };
+                    if d > 0 {
+                        examples.push(Example { ids: enc.ids, mask: last_run_only(&enc.assistant_mask) });
+                        window_extra += 1;
+                    }
+                }
+            }
             out_rows.push(TrainRow { messages, held, row: r.clone() });
         }
         if examples.is_empty() {
@@ -224,6 +248,7 @@ impl Stage for Gatt {
                 "scored_dialogue_turns": scored_turns,
                 "replay_examples": replayed,
                 "windowed_dialogues": windowed,
+                "window_examples": window_extra,
                 "seq_len": cfg.seq_len,
                 "sample_seconds": sample_seconds,
             }),
