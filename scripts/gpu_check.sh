@@ -11,7 +11,7 @@
 # Knobs: GPU_CHECK_STEPS (6), GPU_CHECK_MICRO (rows per micro-batch, 8), GPU_CHECK_TORCH=0 (no
 # PyTorch peer), GPU_CHECK_DECODE_BATCHES ("1 64"; empty for none), ALIGNFLOW_CUDA_PROFILE=1
 # (a per-op breakdown of one extra, synchronised step in the train JSON), GPU_CHECK_ATTENTION
-# (e.g. "mma fa2": the training step again with each named attention implementation,
+# (e.g. "simple fa2": the training step again with each named attention implementation,
 # ALIGNFLOW_CUDA_ATTENTION, into train_attention_NAME.json), GPU_CHECK_MICRO_EXTRA (e.g. "16":
 # the training step again at those micro-batch sizes, into train_microN.json).
 # Needs the CUDA 13 driver; NVRTC and cuBLAS come from the CUDA toolkit or the pip wheels

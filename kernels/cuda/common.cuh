@@ -92,65 +92,9 @@ __device__ __forceinline__ void c_to_a(u32* a, const float (*s)[4], int kb) {
     a[3] = pack_bf2(s[2 * kb + 1][2], s[2 * kb + 1][3]);
 }
 
-// Two consecutive bf16 from shared memory as one register (the address must be 4-byte aligned).
-__device__ __forceinline__ u32 ld2(const bf16* p) { return *(const u32*)p; }
-// Two bf16 from different rows (p[0] and p[stride]) as one register.
-__device__ __forceinline__ u32 ld2s(const bf16* p, int stride) { return (u32)p[0] | ((u32)p[stride] << 16); }
-
 // Shared-memory address of a generic pointer, for ldmatrix.
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 r;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
     return r;
-}
-
-// Fragment loads from a row-major bf16 tile in shared memory with `stride` elements per row
-// (rows 16-byte aligned). L selects ldmatrix (one instruction per two or four 8x8 blocks)
-// or plain 32/16-bit loads; both give the registers mma16816 expects.
-//
-// B operand whose element B[k][n] is M[n0 + n][k0 + k] (k contiguous: K for Q·Kᵀ).
-template <bool L>
-__device__ __forceinline__ void frag_b_nk(u32& b0, u32& b1, const bf16* m, int stride, int n0, int k0) {
-    int lane = threadIdx.x & 31;
-    if (L) {
-        int l = lane & 15;
-        const bf16* p = m + (n0 + (l & 7)) * stride + k0 + (l >> 3) * 8;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(smem_addr(p)));
-    } else {
-        const bf16* p = m + (n0 + (lane >> 2)) * stride + k0 + 2 * (lane & 3);
-        b0 = ld2(p);
-        b1 = ld2(p + 8);
-    }
-}
-
-// B operand whose element B[k][n] is M[k0 + k][n0 + n] (n contiguous: V for P·V).
-template <bool L>
-__device__ __forceinline__ void frag_b_kn(u32& b0, u32& b1, const bf16* m, int stride, int k0, int n0) {
-    int lane = threadIdx.x & 31;
-    if (L) {
-        int l = lane & 15;
-        const bf16* p = m + (k0 + l) * stride + n0;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(smem_addr(p)));
-    } else {
-        const bf16* p = m + (k0 + 2 * (lane & 3)) * stride + n0 + (lane >> 2);
-        b0 = ld2s(p, stride);
-        b1 = ld2s(p + 8 * stride, stride);
-    }
-}
-
-// A operand (16 x 16) whose element A[r][k] is M[r0 + r][k0 + k].
-template <bool L>
-__device__ __forceinline__ void frag_a(u32* a, const bf16* m, int stride, int r0, int k0) {
-    int lane = threadIdx.x & 31;
-    if (L) {
-        const bf16* p = m + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride + k0 + (lane >> 4) * 8;
-        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(smem_addr(p)));
-    } else {
-        const bf16* p = m + (r0 + (lane >> 2)) * stride + k0 + 2 * (lane & 3);
-        a[0] = ld2(p);
-        a[1] = ld2(p + 8 * stride);
-        a[2] = ld2(p + 8);
-        a[3] = ld2(p + 8 * stride + 8);
-    }
 }

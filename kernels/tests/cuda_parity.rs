@@ -241,7 +241,7 @@ fn attention_forward_and_backward() {
         let qkvd = g.upload(&to_bf(&qkv)).unwrap();
         let dout = round_bf(&randn(&mut rng, n * qd, 1.0));
         let (dq_w, dk_w, dv_w) = attention::attention_backward_ref(&dout, &q, &k, &v, &probs, &spans, sh);
-        for imp in [AttnImpl::Simple, AttnImpl::Mma, AttnImpl::MmaLdmatrix, AttnImpl::Fa2, AttnImpl::Auto] {
+        for imp in [AttnImpl::Simple, AttnImpl::Fa2, AttnImpl::Auto] {
             let what = format!("attention hd={hd} hq={hq} hkv={hkv} lens={lens:?} {imp:?}");
             let out = g.zeros::<u16>(n * qd).unwrap();
             let lse = g.zeros::<f32>(hq * n).unwrap();

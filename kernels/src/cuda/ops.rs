@@ -133,7 +133,8 @@ impl Gpu {
                 launch!(self, "attn_fwd_simple", cfg((n as u32, hq as u32), 128, smem);
                     out, lse, qkv, super::dptr(&rows.row_start), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
-            AttnImpl::Fa2 => {
+            // (`resolve` never gives `Auto`.)
+            AttnImpl::Fa2 | AttnImpl::Auto => {
                 let name = match hd {
                     32 => "fa2_fwd_32",
                     64 => "fa2_fwd_64",
@@ -141,18 +142,6 @@ impl Gpu {
                 };
                 launch!(self, name, cfg((hq as u32, rows.tiles as u32), 128, tile_smem(hd, 4));
                     out, lse, qkv, tr, tt, tl, super::dptr(&rows.order_q), n as i32, hq as i32, hkv as i32, scale);
-            }
-            r => {
-                let name = match (hd, r == AttnImpl::MmaLdmatrix) {
-                    (32, false) => "attn_fwd_mma_32",
-                    (64, false) => "attn_fwd_mma_64",
-                    (_, false) => "attn_fwd_mma_128",
-                    (32, true) => "attn_fwd_mmaldsm_32",
-                    (64, true) => "attn_fwd_mmaldsm_64",
-                    (_, true) => "attn_fwd_mmaldsm_128",
-                };
-                launch!(self, name, cfg((rows.tiles as u32, hq as u32), 128, tile_smem(hd, 2));
-                    out, lse, qkv, tr, tt, tl, n as i32, hq as i32, hkv as i32, scale);
             }
         }
         Ok(())
@@ -174,7 +163,7 @@ impl Gpu {
                 launch!(self, "attn_bwd_dkdv_simple", cfg((n as u32, hkv as u32), hd.div_ceil(32) as u32 * 32, 0);
                     dqkv, dout, qkv, lse, dsum, super::dptr(&rows.row_end), n as i32, hq as i32, hkv as i32, hd as i32, scale);
             }
-            AttnImpl::Fa2 => {
+            AttnImpl::Fa2 | AttnImpl::Auto => {
                 let (dkdv, dq) = match hd {
                     32 => ("fa2_bwd_dkdv_32", "fa2_bwd_dq_32"),
                     64 => ("fa2_bwd_dkdv_64", "fa2_bwd_dq_64"),
@@ -192,21 +181,6 @@ impl Gpu {
                 if scratch.is_some() {
                     launch!(self, "fa2_dkdv_reduce", self.stride_cfg(n * hkv * hd); dqkv, dkh, dvh, n as i32, hq as i32, hkv as i32, hd as i32);
                 }
-            }
-            r => {
-                launch!(self, "attn_bwd_prep", cfg((n as u32, hq as u32), 32, 0); dsum, dout, out, n as i32, hq as i32, hd as i32);
-                let (dkdv, dq) = match (hd, r == AttnImpl::MmaLdmatrix) {
-                    (32, false) => ("attn_bwd_dkdv_mma_32", "attn_bwd_dq_mma_32"),
-                    (64, false) => ("attn_bwd_dkdv_mma_64", "attn_bwd_dq_mma_64"),
-                    (_, false) => ("attn_bwd_dkdv_mma_128", "attn_bwd_dq_mma_128"),
-                    (32, true) => ("attn_bwd_dkdv_mmaldsm_32", "attn_bwd_dq_mmaldsm_32"),
-                    (64, true) => ("attn_bwd_dkdv_mmaldsm_64", "attn_bwd_dq_mmaldsm_64"),
-                    (_, true) => ("attn_bwd_dkdv_mmaldsm_128", "attn_bwd_dq_mmaldsm_128"),
-                };
-                launch!(self, dkdv, cfg((rows.tiles as u32, hkv as u32), 128, tile_smem(hd, 4) + 2 * 64 * 4);
-                    dqkv, dout, qkv, lse, dsum, tr, tt, tl, n as i32, hq as i32, hkv as i32, scale);
-                launch!(self, dq, cfg((rows.tiles as u32, hq as u32), 128, tile_smem(hd, 2));
-                    dqkv, dout, qkv, lse, dsum, tr, tt, tl, n as i32, hq as i32, hkv as i32, scale);
             }
         }
         Ok(())
@@ -258,25 +232,18 @@ fn tile_smem(hd: usize, tiles: usize) -> u32 {
 pub enum AttnImpl {
     /// The best kernels for the head size: `Fa2` for 32, 64 and 128, else `Simple`.
     Auto,
-    /// The simple SIMT kernels (the GPU reference).
+    /// The simple SIMT kernels (attention.cu: the GPU reference, and every head size).
     Simple,
-    /// The first tensor-core kernels (attention.cu, plain shared-memory fragment loads,
-    /// synchronous tile loads); kept as the comparison point. Head sizes 32, 64, 128.
-    Mma,
-    /// `Mma` with its fragments loaded through ldmatrix (slower on an H100: more registers).
-    MmaLdmatrix,
-    /// The second-generation tensor-core kernels (attention_fa2.cu: cp.async double
-    /// buffering, ldmatrix, one dK/dV block per q head, heaviest tiles first).
+    /// The tensor-core kernels (attention_fa2.cu: cp.async double buffering, ldmatrix, one
+    /// dK/dV block per q head, heaviest tiles first); head sizes 32, 64, 128.
     Fa2,
 }
 
 impl AttnImpl {
-    /// `ALIGNFLOW_CUDA_ATTENTION=simple`, `=mma`, `=mma-ldmatrix` or `=fa2` picks those kernels.
+    /// `ALIGNFLOW_CUDA_ATTENTION=simple` or `=fa2` picks those kernels.
     pub fn from_env() -> AttnImpl {
         match std::env::var("ALIGNFLOW_CUDA_ATTENTION").as_deref() {
             Ok("simple") => AttnImpl::Simple,
-            Ok("mma") => AttnImpl::Mma,
-            Ok("mma-ldmatrix") => AttnImpl::MmaLdmatrix,
             Ok("fa2") => AttnImpl::Fa2,
             _ => AttnImpl::Auto,
         }
@@ -287,8 +254,7 @@ impl AttnImpl {
         match self {
             AttnImpl::Simple => AttnImpl::Simple,
             _ if !matches!(hd, 32 | 64 | 128) => AttnImpl::Simple,
-            AttnImpl::Auto => AttnImpl::Fa2,
-            other => other,
+            _ => AttnImpl::Fa2,
         }
     }
 }

@@ -586,38 +586,16 @@ mod tests {
     /// with weights and curves bit-identical to one process with the same shards.
     #[test]
     fn data_parallel_processes_match_one_process_bit_for_bit() {
-        use std::sync::{Barrier, Mutex};
-        struct Pair {
-            slots: Mutex<Vec<Option<Vec<u8>>>>,
-            barrier: Barrier,
-        }
-        struct Member(Arc<Pair>, usize);
-        impl graph::Collective for Member {
-            fn process(&self) -> usize {
-                self.1
-            }
-            fn processes(&self) -> usize {
-                2
-            }
-            fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, graph::StageError> {
-                self.0.slots.lock().unwrap()[self.1] = Some(bytes);
-                self.0.barrier.wait();
-                let out: Vec<Vec<u8>> = self.0.slots.lock().unwrap().iter().map(|s| s.clone().unwrap()).collect();
-                self.0.barrier.wait();
-                Ok(out)
-            }
-        }
         let cfg = TrainConfig { shards: 3, ..config(6) };
         let mut one = Llama::new_random(tiny_config(), 3);
         let single = train(&mut one, &examples(), &cfg, &opts(None, None)).unwrap();
-        let pair = Arc::new(Pair { slots: Mutex::new(vec![None, None]), barrier: Barrier::new(2) });
         let runs: Vec<(Vec<Vec<f32>>, Vec<LossPoint>)> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..2)
-                .map(|p| {
-                    let (pair, cfg) = (pair.clone(), cfg.clone());
+            let hs: Vec<_> = super::super::reduce::testing::processes(2)
+                .into_iter()
+                .map(|reduce| {
+                    let cfg = cfg.clone();
                     s.spawn(move || {
-                        let c: Arc<dyn graph::Collective> = Arc::new(Member(pair, p));
-                        let o = RunOptions { reduce: super::super::reduce::for_collective(&c), ..opts(None, None) };
+                        let o = RunOptions { reduce, ..opts(None, None) };
                         let mut m = Llama::new_random(tiny_config(), 3);
                         let out = train(&mut m, &examples(), &cfg, &o).unwrap();
                         (m.params().iter().map(|t| t.to_vec()).collect(), out.curve)
