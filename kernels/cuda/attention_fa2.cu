@@ -93,6 +93,40 @@ __device__ __forceinline__ void fa_load_tile(u32 dst, const bf16* src, int strid
     }
 }
 
+// This thread's A-operand fragments (mma16816 layout) of rows qi[0], qi[1] of a row-major
+// bf16 matrix: columns col .. col+HD of rows row0 + qi[r]; zeros for rows at or past `len`.
+template <int HD>
+__device__ __forceinline__ void fa_row_frags(u32 (*a)[4], const bf16* m, int stride, int col, int row0, const int* qi, int len) {
+    const int tq = threadIdx.x & 3;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const bf16* p = m + (i64)(row0 + qi[r]) * stride + col + kk * 16 + 2 * tq;
+            bool ok = qi[r] < len;
+            a[kk][r] = ok ? *(const u32*)p : 0u;
+            a[kk][r + 2] = ok ? *(const u32*)(p + 8) : 0u;
+        }
+}
+
+// One step of the query-tile kernels' K/V pipeline: starts loading key tile kt+1 (K at kcol,
+// V at vcol) into the other stage, waits until tile kt has landed, and syncs the block.
+template <int HD>
+__device__ __forceinline__ void fa_kv_step(u32 sbase, const bf16* qkv, int stride, int kcol, int vcol, int row0, int len, int kt, int nkt) {
+    constexpr int TILE = FA_BM * (HD + FA_PAD) * 2;
+    if (kt + 1 < nkt) {
+        u32 nxt = sbase + ((kt + 1) & 1) * 2 * TILE;
+        int k1 = (kt + 1) * FA_BM;
+        fa_load_tile<HD>(nxt, qkv, stride, kcol, row0 + k1, min(FA_BM, len - k1));
+        fa_load_tile<HD>(nxt + TILE, qkv, stride, vcol, row0 + k1, min(FA_BM, len - k1));
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+
 // ---------------------------------------------------------------- forward
 
 template <int HD>
@@ -115,15 +149,7 @@ __device__ void fa2_fwd(bf16* out, float* lse, const bf16* qkv, const int* tile_
 
     u32 qa[HD / 16][4];
     int qi[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const bf16* p = qkv + (i64)(row0 + qi[r]) * stride + h * HD + kk * 16 + 2 * tq;
-            bool ok = qi[r] < len;
-            qa[kk][r] = ok ? *(const u32*)p : 0u;
-            qa[kk][r + 2] = ok ? *(const u32*)(p + 8) : 0u;
-        }
+    fa_row_frags<HD>(qa, qkv, stride, h * HD, row0, qi, len);
     float o[HD / 8][4];
 #pragma unroll
     for (int dn = 0; dn < HD / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
@@ -131,17 +157,7 @@ __device__ void fa2_fwd(bf16* out, float* lse, const bf16* qkv, const int* tile_
     int lim[2] = {min(qi[0], len - 1), min(qi[1], len - 1)};
 
     for (int kt = 0; kt < nkt; ++kt) {
-        if (kt + 1 < nkt) {
-            u32 nxt = sbase + ((kt + 1) & 1) * 2 * TILE;
-            int k1 = (kt + 1) * FA_BM;
-            fa_load_tile<HD>(nxt, qkv, stride, kcol, row0 + k1, min(FA_BM, len - k1));
-            fa_load_tile<HD>(nxt + TILE, qkv, stride, vcol, row0 + k1, min(FA_BM, len - k1));
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        fa_kv_step<HD>(sbase, qkv, stride, kcol, vcol, row0, len, kt, nkt);
         const u32 kb = opaque(sbase + (kt & 1) * 2 * TILE + lane_off_b<LD>());
         const u32 vb = opaque(sbase + (kt & 1) * 2 * TILE + TILE + lane_off_a<LD>());
         float s[8][4];
@@ -266,18 +282,8 @@ __device__ void fa2_bwd_dq(bf16* dqkv, float* dsum, const bf16* dout, const bf16
 
     int qi[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     u32 qa[HD / 16][4], oa[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            bool ok = qi[r] < len;
-            const bf16* p = qkv + (i64)(row0 + qi[r]) * stride + h * HD + kk * 16 + 2 * tq;
-            const bf16* po = dout + (i64)(row0 + qi[r]) * hq * HD + h * HD + kk * 16 + 2 * tq;
-            qa[kk][r] = ok ? *(const u32*)p : 0u;
-            qa[kk][r + 2] = ok ? *(const u32*)(p + 8) : 0u;
-            oa[kk][r] = ok ? *(const u32*)po : 0u;
-            oa[kk][r + 2] = ok ? *(const u32*)(po + 8) : 0u;
-        }
+    fa_row_frags<HD>(qa, qkv, stride, h * HD, row0, qi, len);
+    fa_row_frags<HD>(oa, dout, hq * HD, h * HD, row0, qi, len);
     float L[2], D[2] = {0.f, 0.f};
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk)
@@ -299,17 +305,7 @@ __device__ void fa2_bwd_dq(bf16* dqkv, float* dsum, const bf16* dout, const bf16
     for (int dn = 0; dn < HD / 8; ++dn) dq[dn][0] = dq[dn][1] = dq[dn][2] = dq[dn][3] = 0.f;
 
     for (int kt = 0; kt < nkt; ++kt) {
-        if (kt + 1 < nkt) {
-            u32 nxt = sbase + ((kt + 1) & 1) * 2 * TILE;
-            int k1 = (kt + 1) * FA_BM;
-            fa_load_tile<HD>(nxt, qkv, stride, kcol, row0 + k1, min(FA_BM, len - k1));
-            fa_load_tile<HD>(nxt + TILE, qkv, stride, vcol, row0 + k1, min(FA_BM, len - k1));
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        fa_kv_step<HD>(sbase, qkv, stride, kcol, vcol, row0, len, kt, nkt);
         const u32 st = sbase + (kt & 1) * 2 * TILE;
         const u32 kb = opaque(st + lane_off_b<LD>());
         const u32 ka = opaque(st + lane_off_a<LD>());  // K through .trans for dS·K
