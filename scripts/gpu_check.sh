@@ -7,7 +7,9 @@
 # 3. times an SFT/pretraining step of a ~1.1B-parameter Llama in bf16 (tokens/s, TFLOP/s, MFU),
 #    the same step in PyTorch eager on the same card where PyTorch is installed, and batched
 #    decoding,
-# 4. writes everything to OUT_DIR (default gpu-results/) and prints a summary table.
+# 4. writes everything to OUT_DIR (default gpu-results/): nvidia-smi.txt, parity.log,
+#    results.json (every benchmark's JSON by name), errors.txt (stderr tails, if any), and
+#    prints a summary table.
 # Knobs: GPU_CHECK_STEPS (6), GPU_CHECK_MICRO (rows per micro-batch, 8), GPU_CHECK_TORCH=0 (no
 # PyTorch peer), GPU_CHECK_DECODE_BATCHES ("1 64"; empty for none), ALIGNFLOW_CUDA_PROFILE=1
 # (a per-op breakdown of one extra, synchronised step in the train JSON), GPU_CHECK_ATTENTION
@@ -123,4 +125,33 @@ for b in (1, 64):
     g = load(f"generate_b{b}.json")
     if g: print(f"decode batch {b}: {g['tokens_per_s']:.0f} tok/s = {100*g['share_of_bound']:.0f}% of the {g['bandwidth_bound_tokens_per_s']:.0f} tok/s bandwidth bound")
 PY
+# --- bundle ---------------------------------------------------------------------------------
+# One results.json (every benchmark's JSON object under its file name) and errors.txt (the
+# non-empty stderr tails) instead of a file per run: remote GPU runners return few files.
+# GPU_CHECK_BUNDLE=0 keeps the separate files.
+if [ "${GPU_CHECK_BUNDLE:-1}" = 1 ]; then
+python3 - "$OUT" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+res, errs = {}, []
+for f in sorted(glob.glob(os.path.join(out, "*.json"))):
+    name = os.path.basename(f)[:-5]
+    if name == "results":
+        continue
+    try:
+        res[name] = json.load(open(f))
+    except Exception as e:
+        res[name] = {"unreadable": str(e)}
+for f in sorted(glob.glob(os.path.join(out, "*.err"))):
+    t = open(f, errors="replace").read()
+    if t.strip():
+        errs.append(f"== {os.path.basename(f)}\n{t[-4000:]}")
+json.dump(res, open(os.path.join(out, "results.json"), "w"), indent=1)
+if errs:
+    open(os.path.join(out, "errors.txt"), "w").write("\n".join(errs))
+for f in glob.glob(os.path.join(out, "*.err")) + glob.glob(os.path.join(out, "*.json")):
+    if not f.endswith("results.json"):
+        os.remove(f)
+PY
+fi
 exit $parity_rc
