@@ -289,3 +289,24 @@ params = { hidden_size = 32, layers = 2, heads = 4, kv_heads = 2, intermediate_s
     let out = alignflow(d.path(), &["generate", "--model", &model_arg, "--chat", "What is 7 + 12?", "--greedy", "--max-new-tokens", "8", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--gpus 1` where no GPU can be used (a build without `cuda`, or no driver: CI): the sft stage
+/// is granted GPU 0, says why it cannot use it, and trains on the CPU to the same weights as a
+/// run with `--gpus 0`.
+#[test]
+fn a_granted_gpu_that_cannot_be_used_falls_back_to_the_cpu() {
+    if kernels::device::Device::cuda(0).is_ok() {
+        eprintln!("SKIPPED: a usable GPU is present (this test covers machines without one)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_model_pipeline(d.path(), &tiny_model_pipeline("gpu_fallback"));
+    let cpu = run_json(d.path(), "p.toml", "ws0", &["--gpus", "0"]);
+    let out = alignflow(d.path(), &["run", "p.toml", "--json", "--workspace", "ws1", "--gpus", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("base: granted GPU 0, but") && err.contains("training on the CPU"), "{err}");
+    let fp = stage(&cpu, "base")["fingerprint"].as_str().unwrap().to_string();
+    let weights = |ws: &str| artifact(&d.path().join(ws), &fp, "model", "model.safetensors");
+    assert_eq!(weights("ws0"), weights("ws1"), "the CPU fallback trained different weights");
+}
