@@ -64,7 +64,7 @@ fn sft_eval_example_is_the_default_pipelines_first_half() {
     };
     let full = plan("pipelines/llama2_chat.toml");
     let half = plan("pipelines/examples/sft_eval.toml");
-    assert_eq!(half.len(), 8);
+    assert_eq!(half.len(), 9);
     for (name, fp) in &half {
         assert_eq!(full.get(name), Some(fp), "stage `{name}` differs from pipelines/llama2_chat.toml");
     }
