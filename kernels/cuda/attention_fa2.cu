@@ -127,6 +127,26 @@ __device__ __forceinline__ void fa_kv_step(u32 sbase, const bf16* qkv, int strid
     __syncthreads();
 }
 
+// acc (16 x HD) += C·M: C is this warp's 16 x 64 accumulator of the previous product (rounded
+// to bf16 as the A operand), M a 64 x HD tile read with ldmatrix.trans from `mb` (its base
+// plus lane_off_a): P·V in the forward, dS·K in dQ.
+template <int HD>
+__device__ __forceinline__ void fa_acc_cm(float (*acc)[4], const float (*c)[4], u32 mb) {
+    constexpr int LD = HD + FA_PAD;
+#pragma unroll
+    for (int kb2 = 0; kb2 < 4; ++kb2) {
+        u32 a[4];
+        c_to_a(a, c, kb2);
+#pragma unroll
+        for (int dd = 0; dd < HD / 16; ++dd) {
+            u32 b[4];
+            ldsm_x4_t(b, mb + FA_AT(LD, kb2 * 16, dd * 16));
+            mma16816(acc[2 * dd], a, b[0], b[1]);
+            mma16816(acc[2 * dd + 1], a, b[2], b[3]);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <int HD>
@@ -220,18 +240,7 @@ __device__ void fa2_fwd(bf16* out, float* lse, const bf16* qkv, const int* tile_
             o[dn][3] *= alpha[1];
         }
         // O += P·V: P (16 x 64) from the registers, V fragments by ldmatrix.trans.
-#pragma unroll
-        for (int kb2 = 0; kb2 < 4; ++kb2) {
-            u32 a[4];
-            c_to_a(a, s, kb2);
-#pragma unroll
-            for (int dp = 0; dp < HD / 16; ++dp) {
-                u32 b[4];
-                ldsm_x4_t(b, vb + FA_AT(LD, kb2 * 16, dp * 16));
-                mma16816(o[2 * dp], a, b[0], b[1]);
-                mma16816(o[2 * dp + 1], a, b[2], b[3]);
-            }
-        }
+        fa_acc_cm<HD>(o, s, vb);
         __syncthreads();  // every warp is done with this stage before it is refilled
     }
 #pragma unroll
@@ -346,18 +355,7 @@ __device__ void fa2_bwd_dq(bf16* dqkv, float* dsum, const bf16* dout, const bf16
                 }
         }
         // dQ += dS·K: K fragments with n (the head dimension) contiguous: ldmatrix.trans.
-#pragma unroll
-        for (int kb2 = 0; kb2 < 4; ++kb2) {
-            u32 a[4];
-            c_to_a(a, s, kb2);
-#pragma unroll
-            for (int dd = 0; dd < HD / 16; ++dd) {
-                u32 b[4];
-                ldsm_x4_t(b, ka + FA_AT(LD, kb2 * 16, dd * 16));
-                mma16816(dq[2 * dd], a, b[0], b[1]);
-                mma16816(dq[2 * dd + 1], a, b[2], b[3]);
-            }
-        }
+        fa_acc_cm<HD>(dq, s, ka);
         __syncthreads();
     }
 #pragma unroll
