@@ -169,18 +169,24 @@ impl Stage for Gatt {
                 })
                 .collect::<Result<_, StageError>>()?;
             let system = if use_short { r.system.clone() } else { ins.long_form().to_string() };
+            // The rows of the dialogue up to the last of `answers`, leaving out its earliest turns
+            // after the first (which carries the instruction) until they fit seq_len; and how many
+            // turns were left out.
+            let fit_window = |answers: &[String]| -> Result<(Vec<ChatMessage>, kernels::chat::ChatTokens, usize), StageError> {
+                let mut dropped = 0;
+                loop {
+                    let messages = training_messages(r, &system, answers, &position, dropped);
+                    let msgs: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
+                    let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
+                    if enc.ids.len() <= seq_len || dropped + 2 >= answers.len() {
+                        return Ok((messages, enc, dropped));
+                    }
+                    dropped += 1;
+                }
+            };
             // A dialogue longer than seq_len leaves out its earliest turns after the first (which
             // carries the instruction), so the scored last turn keeps the instruction in view.
-            let mut dropped = 0;
-            let (messages, enc) = loop {
-                let messages = training_messages(r, &system, &answers, &position, dropped);
-                let msgs: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
-                let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
-                if enc.ids.len() <= seq_len || dropped + 2 >= r.turns() {
-                    break (messages, enc);
-                }
-                dropped += 1;
-            };
+            let (messages, enc, dropped) = fit_window(&answers)?;
             windowed += (dropped > 0) as usize;
             let mask = if last_only { last_run_only(&enc.assistant_mask) } else { enc.assistant_mask };
             examples.push(Example { ids: enc.ids, mask });
@@ -189,16 +195,7 @@ impl Stage for Gatt {
                 // most recent turns that fit. Those prompts put the answer at the last positions
                 // with a gap after turn 1, unlike any prefix above; train on each of them.
                 for t in 1..answers.len() - 1 {
-                    let mut d = 0;
-                    let enc = loop {
-                        let messages = training_messages(r, &system, &answers[..=t], &position, d);
-                        let msgs: Vec<Message> = messages.iter().map(|m| Message::new(&m.role, &m.content)).collect();
-                        let enc = template.encode(&tok, &msgs, false, None, None).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
-                        if enc.ids.len() <= seq_len || d + 2 >= t + 1 {
-                            break enc;
-                        }
-                        d += 1;
-                    };
+                    let (_, enc, d) = fit_window(&answers[..=t])?;
                     if d > 0 {
                         examples.push(Example { ids: enc.ids, mask: last_run_only(&enc.assistant_mask) });
                         window_extra += 1;
