@@ -3,7 +3,7 @@
 //!
 //! Each prompt is prefilled on its own (one big matrix product per layer over its tokens),
 //! then all unfinished rows decode together one token per step. The decode step computes each
-//! row's products as independent dot products ([`linear_few_rows`]), so a row's numbers, and
+//! row's products as independent dot products ([`linear_few_rows_many`]), so a row's numbers, and
 //! therefore its tokens, are the same whichever batch it is in; row r samples from the random
 //! stream (seed, row id). Weights can be read as f32 or rounded to bf16, which halves the bytes
 //! per token on this memory-bound path.
@@ -11,7 +11,7 @@
 use crate::config::Head;
 use crate::model::{self, Llama, ModelError};
 use crate::ops::attention::AttnShape;
-use crate::ops::matmul::{MmShape, Tr, WeightRef, dot_fast, linear_few_rows, matmul, to_bf16_bits};
+use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, dot_fast, linear_few_rows, linear_few_rows_many, matmul, to_bf16_bits};
 use crate::ops::{embedding, norm, rope, swiglu};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -84,11 +84,16 @@ impl KvCache {
     }
 }
 
-/// y (n, dout) = x (n, din) @ Wᵀ, choosing gemm for many f32 rows and dot products otherwise.
-fn project(y: &mut [f32], x: &[f32], w: WeightRef<'_>, n: usize, din: usize, dout: usize) {
-    match w {
-        WeightRef::F32(w) if n > 8 => matmul(y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: dout }, false),
-        _ => linear_few_rows(y, x, w, n, din, dout),
+/// Each `y (n, dout) = x (n, din) @ Wᵀ` of one input, choosing gemm for many f32 rows and
+/// dot products otherwise (all products of the input in one parallel pass).
+fn project(x: &[f32], n: usize, din: usize, outs: &mut [FewRows<'_>]) {
+    if n > 8 && outs.iter().all(|o| matches!(o.w, WeightRef::F32(_))) {
+        for o in outs.iter_mut() {
+            let WeightRef::F32(w) = o.w else { unreachable!("checked above") };
+            matmul(o.y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: o.n }, false);
+        }
+    } else {
+        linear_few_rows_many(x, n, din, outs);
     }
 }
 
@@ -161,9 +166,11 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
         let wi = |j| dw.w(Llama::layer_index(l, j));
         norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::ATTN_NORM), c.rms_norm_eps);
         let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
-        project(&mut q, &h, wi(model::WQ), n, d, qd);
-        project(&mut k, &h, wi(model::WK), n, d, kvd);
-        project(&mut v, &h, wi(model::WV), n, d, kvd);
+        project(&h, n, d, &mut [
+            FewRows { y: &mut q, w: wi(model::WQ), n: qd },
+            FewRows { y: &mut k, w: wi(model::WK), n: kvd },
+            FewRows { y: &mut v, w: wi(model::WV), n: kvd },
+        ]);
         rope::rope(&mut q, &positions, c.num_attention_heads, table, rope::Direction::Forward);
         rope::rope(&mut k, &positions, c.num_key_value_heads, table, rope::Direction::Forward);
         for (s, cache) in spans.iter().zip(caches.iter_mut()) {
@@ -176,14 +183,13 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
         }).collect();
         let att: Vec<f32> = outs.concat();
         let mut o = vec![0.0; n * d];
-        project(&mut o, &att, wi(model::WO), n, qd, d);
+        project(&att, n, qd, &mut [FewRows { y: &mut o, w: wi(model::WO), n: d }]);
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::MLP_NORM), c.rms_norm_eps);
         let (mut g, mut u, mut a) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
-        project(&mut g, &h, wi(model::WG), n, d, f);
-        project(&mut u, &h, wi(model::WU), n, d, f);
+        project(&h, n, d, &mut [FewRows { y: &mut g, w: wi(model::WG), n: f }, FewRows { y: &mut u, w: wi(model::WU), n: f }]);
         swiglu::swiglu(&mut a, &g, &u);
-        project(&mut o, &a, wi(model::WD), n, f, d);
+        project(&a, n, f, &mut [FewRows { y: &mut o, w: wi(model::WD), n: d }]);
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
     }
     for (s, cache) in spans.iter().zip(caches.iter_mut()) {

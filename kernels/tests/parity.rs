@@ -4,7 +4,7 @@
 //! (`|got - ref| <= atol + rtol·|ref|`) and failures name the worst index.
 
 use kernels::ops::attention::{AttnShape, attention, attention_backward, attention_backward_ref, attention_ref, probs_len};
-use kernels::ops::matmul::{MmShape, Tr, WeightRef, linear_few_rows, matmul, matmul_ref, to_bf16_bits};
+use kernels::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, matmul_ref, to_bf16_bits};
 use kernels::ops::{check_close, embedding, loss, norm, rope, spans_of, swiglu};
 use kernels::rng::Rng;
 
@@ -48,6 +48,42 @@ fn linear_few_rows_f32_and_bf16() {
     matmul_ref(&mut want, &x, Tr::N, &wr, Tr::T, MmShape { m, k, n }, false);
     linear_few_rows(&mut got, &x, WeightRef::Bf16(&wb), m, k, n);
     check_close("linear_few_rows bf16", &got, &want, 1e-4, 1e-4).unwrap();
+}
+
+/// The decoding products give each row the same bits alone, in a batch, or sharing a pass
+/// with other products, and on any thread count (the 4-row kernel and the 1-row tail sum
+/// each row in the same order).
+#[test]
+fn linear_few_rows_many_is_batch_and_grouping_independent() {
+    let (m, k) = (3, 203);
+    let x = randn(m * k, 6, 1.0);
+    let ws: Vec<Vec<f32>> = [131usize, 64, 7].iter().enumerate().map(|(i, &n)| randn(n * k, 10 + i as u64, 0.1)).collect();
+    let wbs: Vec<Vec<u16>> = ws.iter().map(|w| w.iter().map(|&v| to_bf16_bits(v)).collect()).collect();
+    for bf16 in [false, true] {
+        let wr = |i: usize| if bf16 { WeightRef::Bf16(&wbs[i]) } else { WeightRef::F32(&ws[i]) };
+        let ns: Vec<usize> = ws.iter().map(|w| w.len() / k).collect();
+        // All three products, all rows, one pass.
+        let mut ys: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0.0; m * n]).collect();
+        {
+            let mut outs: Vec<FewRows<'_>> = ys.iter_mut().zip(&ns).enumerate().map(|(i, (y, &n))| FewRows { y, w: wr(i), n }).collect();
+            linear_few_rows_many(&x, m, k, &mut outs);
+        }
+        for (i, &n) in ns.iter().enumerate() {
+            let mut want = vec![0.0; m * n];
+            let w32: Vec<f32> = if bf16 { wbs[i].iter().map(|&b| f32::from_bits((b as u32) << 16)).collect() } else { ws[i].clone() };
+            matmul_ref(&mut want, &x, Tr::N, &w32, Tr::T, MmShape { m, k, n }, false);
+            check_close("linear_few_rows_many", &ys[i], &want, 1e-4, 1e-4).unwrap();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for r in 0..m {
+                    let mut one = vec![0.0; n];
+                    pool.install(|| linear_few_rows(&mut one, &x[r * k..(r + 1) * k], wr(i), 1, k, n));
+                    let same = one.iter().zip(&ys[i][r * n..(r + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "product {i} row {r} (bf16 {bf16}, {threads} threads) differs alone and in the batch");
+                }
+            }
+        }
+    }
 }
 
 #[test]

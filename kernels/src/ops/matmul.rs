@@ -101,33 +101,173 @@ fn matmul_with(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape, 
 }
 
 /// `y (m, n) = x (m, k) @ Wᵀ` for few rows (decoding), with W (n, k) as f32 or bf16 bits.
-/// Memory-bound: each weight is read once, and the output rows are split across threads.
+/// Memory-bound: each weight is read once, and the output features are split across threads.
 pub fn linear_few_rows(y: &mut [f32], x: &[f32], w: WeightRef<'_>, m: usize, k: usize, n: usize) {
-    assert_eq!(y.len(), m * n, "linear_few_rows: y");
-    assert_eq!(x.len(), m * k, "linear_few_rows: x");
-    assert_eq!(w.len(), n * k, "linear_few_rows: w");
+    linear_few_rows_many(x, m, k, &mut [FewRows { y, w, n }]);
+}
+
+/// One product of [`linear_few_rows_many`]: `y (m, n) = x @ Wᵀ` with W (n, k).
+pub struct FewRows<'a> {
+    pub y: &'a mut [f32],
+    pub w: WeightRef<'a>,
+    pub n: usize,
+}
+
+/// Several few-row products of the same input in one parallel pass (a layer's q, k and v, or
+/// its gate and up): one fork/join instead of one per product. Each output is a dot product
+/// of an input row with a weight row, summed in an order that depends only on k, so a row's
+/// numbers do not depend on the batch, the thread count or which products share the pass.
+///
+/// Work is cut into blocks of 64 output features; inside a block, four weight rows are read
+/// together (the input row is loaded once for the four) while the next four rows are
+/// prefetched, which keeps enough reads in flight to run near the memory bandwidth.
+pub fn linear_few_rows_many(x: &[f32], m: usize, k: usize, outs: &mut [FewRows<'_>]) {
     use rayon::prelude::*;
-    // Blocks of 64 output features: big enough to amortise a task, small enough to balance.
     const BLOCK: usize = 64;
-    let mut yt = vec![0.0f32; n * m]; // (n, m): each block of features owns a contiguous slice
-    yt.par_chunks_mut(BLOCK * m).enumerate().for_each(|(bi, out)| {
-        let j0 = bi * BLOCK;
-        for (jj, o) in out.chunks_mut(m).enumerate() {
-            let j = j0 + jj;
-            for (r, o) in o.iter_mut().enumerate() {
-                let xr = &x[r * k..(r + 1) * k];
-                *o = match w {
-                    WeightRef::F32(w) => dot_fast(xr, &w[j * k..(j + 1) * k]),
-                    WeightRef::Bf16(w) => dot_bf16(xr, &w[j * k..(j + 1) * k]),
-                };
-            }
-        }
-    });
-    for j in 0..n {
-        for r in 0..m {
-            y[r * n + j] = yt[j * m + r];
+    assert_eq!(x.len(), m * k, "linear_few_rows: x");
+    for o in outs.iter() {
+        assert_eq!(o.y.len(), m * o.n, "linear_few_rows: y");
+        assert_eq!(o.w.len(), o.n * k, "linear_few_rows: w");
+    }
+    // Results are written feature-major, (n, m), so each block owns a contiguous slice.
+    let mut yts: Vec<Vec<f32>> = outs.iter().map(|o| vec![0.0f32; o.n * m]).collect();
+    let mut tasks: Vec<(WeightRef<'_>, usize, &mut [f32])> = Vec::new();
+    for (o, yt) in outs.iter().zip(yts.iter_mut()) {
+        for (bi, chunk) in yt.chunks_mut(BLOCK * m).enumerate() {
+            tasks.push((o.w, bi * BLOCK, chunk));
         }
     }
+    tasks.into_par_iter().for_each(|(w, j0, out)| {
+        let feats = out.len() / m;
+        let mut jj = 0;
+        while jj < feats {
+            let take = if feats - jj >= 4 { 4 } else { 1 };
+            let j = j0 + jj;
+            for r in 0..m {
+                let xr = &x[r * k..(r + 1) * k];
+                let mut got = [0.0f32; 4];
+                dot_rows(xr, w, j, take, &mut got[..take], r == 0);
+                for (i, g) in got[..take].iter().enumerate() {
+                    out[(jj + i) * m + r] = *g;
+                }
+            }
+            jj += take;
+        }
+    });
+    for (o, yt) in outs.iter_mut().zip(&yts) {
+        for j in 0..o.n {
+            for r in 0..m {
+                o.y[r * o.n + j] = yt[j * m + r];
+            }
+        }
+    }
+}
+
+/// `out[i] = x · W[j + i]` for `out.len()` (1 or 4) consecutive weight rows, optionally
+/// prefetching the rows that follow them.
+fn dot_rows(x: &[f32], w: WeightRef<'_>, j: usize, rows: usize, out: &mut [f32], prefetch: bool) {
+    let k = x.len();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected at run time; the slices hold `rows` rows of k.
+            unsafe {
+                match (w, rows) {
+                    (WeightRef::F32(w), 4) => simd::dot_rows_f32::<4>(x, &w[j * k..(j + 4) * k], out, prefetch),
+                    (WeightRef::F32(w), _) => simd::dot_rows_f32::<1>(x, &w[j * k..(j + 1) * k], out, prefetch),
+                    (WeightRef::Bf16(w), 4) => simd::dot_rows_bf16::<4>(x, &w[j * k..(j + 4) * k], out, prefetch),
+                    (WeightRef::Bf16(w), _) => simd::dot_rows_bf16::<1>(x, &w[j * k..(j + 1) * k], out, prefetch),
+                }
+            }
+            return;
+        }
+    }
+    let _ = prefetch;
+    for (i, o) in out.iter_mut().enumerate().take(rows) {
+        let row = j + i;
+        *o = match w {
+            WeightRef::F32(w) => super::dot(x, &w[row * k..(row + 1) * k]),
+            WeightRef::Bf16(w) => dot_bf16_plain(x, &w[row * k..(row + 1) * k]),
+        };
+    }
+}
+
+/// The AVX2 dot-product kernels of the decoding products. Every row is summed the same way
+/// whatever R: 16 lanes as two 8-wide accumulators, the two added, the 8 lanes summed in
+/// order, then the tail (k mod 16) one by one.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    macro_rules! dot_rows_kernel {
+        ($name:ident, $elem:ty, $load:ident, $scalar:expr) => {
+            /// SAFETY: needs AVX2 and FMA; `w` holds R rows of `x.len()` weights and `out` R slots.
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name<const R: usize>(x: &[f32], w: &[$elem], out: &mut [f32], prefetch: bool) {
+                let k = x.len();
+                assert!(w.len() == R * k && out.len() == R);
+                let (xp, wp) = (x.as_ptr(), w.as_ptr());
+                let mut lo = [_mm256_setzero_ps(); R];
+                let mut hi = [_mm256_setzero_ps(); R];
+                // Once per 64-byte line of each row: prefetch the same offset R rows further
+                // on (the next group's rows; past the end of w is harmless, a prefetch never
+                // faults).
+                let per_line = 64 / std::mem::size_of::<$elem>();
+                let mut p = 0;
+                while p + 16 <= k {
+                    if prefetch && p % per_line == 0 {
+                        for r in 0..R {
+                            _mm_prefetch(wp.wrapping_add((r + R) * k + p) as *const i8, _MM_HINT_T0);
+                        }
+                    }
+                    // SAFETY: p + 16 <= k, so all reads stay inside x and row r of w.
+                    unsafe {
+                        let x0 = _mm256_loadu_ps(xp.add(p));
+                        let x1 = _mm256_loadu_ps(xp.add(p + 8));
+                        for r in 0..R {
+                            lo[r] = _mm256_fmadd_ps(x0, $load(wp.add(r * k + p)), lo[r]);
+                            hi[r] = _mm256_fmadd_ps(x1, $load(wp.add(r * k + p + 8)), hi[r]);
+                        }
+                    }
+                    p += 16;
+                }
+                for r in 0..R {
+                    let mut lanes = [0.0f32; 8];
+                    // SAFETY: lanes holds 8 f32s.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(lo[r], hi[r])) };
+                    let mut s = 0.0f32;
+                    for l in lanes {
+                        s += l;
+                    }
+                    for q in p..k {
+                        s += x[q] * $scalar(w[r * k + q]);
+                    }
+                    out[r] = s;
+                }
+            }
+        };
+    }
+
+    /// SAFETY: 8 readable f32s at p; AVX.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_f32(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    /// Eight bf16 values widened to f32 (the bits shifted into the top half).
+    /// SAFETY: 8 readable u16s at p; AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_bf16(p: *const u16) -> __m256 {
+        unsafe {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        }
+    }
+
+    dot_rows_kernel!(dot_rows_f32, f32, load_f32, |v: f32| v);
+    dot_rows_kernel!(dot_rows_bf16, u16, load_bf16, |v: u16| f32::from_bits((v as u32) << 16));
 }
 
 /// A weight matrix in either storage type.
@@ -170,19 +310,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     super::dot_plain(a, b)
 }
 
-/// Dot product of f32 activations with bf16 weights (bits shifted into an f32).
-#[inline]
-pub fn dot_bf16(a: &[f32], w: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { dot_bf16_avx2(a, w) };
-        }
-    }
-    dot_bf16_plain(a, w)
-}
-
+/// Dot product of f32 activations with bf16 weights: the portable fallback.
 #[inline(always)]
 fn dot_bf16_plain(a: &[f32], w: &[u16]) -> f32 {
     let mut acc = [0.0f32; 16];
@@ -201,18 +329,13 @@ fn dot_bf16_plain(a: &[f32], w: &[u16]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_bf16_avx2(a: &[f32], w: &[u16]) -> f32 {
-    dot_bf16_plain(a, w)
-}
-
 /// Rounds f32 to bf16 bits (round to nearest even), for the bf16-weight decoding option.
 pub fn to_bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
-/// Sum of a slice with AVX2 when present (used to measure read bandwidth).
+/// Sum of a slice with AVX2 when present, prefetching 8 KiB ahead: the read bandwidth that
+/// the decoding products (which prefetch the same way) are measured against.
 pub fn sum_fast(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -240,5 +363,22 @@ fn sum_plain(x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn sum_avx2(x: &[f32]) -> f32 {
-    sum_plain(x)
+    use std::arch::x86_64::*;
+    const AHEAD: usize = 2048; // f32s
+    let p = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= x.len() {
+        _mm_prefetch(p.wrapping_add(i + AHEAD) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(p.wrapping_add(i + AHEAD + 16) as *const i8, _MM_HINT_T0);
+        for (l, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 32 <= len.
+            *a = _mm256_add_ps(*a, unsafe { _mm256_loadu_ps(p.add(i + 8 * l)) });
+        }
+        i += 32;
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: lanes holds 8 f32s.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) };
+    lanes.iter().sum::<f32>() + x[i..].iter().sum::<f32>()
 }
