@@ -3,7 +3,7 @@
 //! They are `#[ignore]`d tests (speed is never asserted): run them with
 //! `cargo test --release -p kernels --bench engine -- --ignored --nocapture --test-threads 1`.
 //! `ENGINE_BENCH_STEPS` sets the number of timed training steps (default 10) and
-//! `ENGINE_BENCH_THREADS` the threads (default 2).
+//! `ENGINE_BENCH_THREADS` the threads (default 2), `ENGINE_BENCH_SHARDS` the row shards (default 2).
 
 use kernels::bench::{bench_generate, bench_train, decode_shape, train_preset};
 use kernels::generate::WeightPrecision;
@@ -16,7 +16,8 @@ fn steps() -> usize {
 fn train(preset: &str) {
     let p = train_preset(preset).unwrap();
     let threads = std::env::var("ENGINE_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    let r = bench_train(&p, steps(), 2, threads).unwrap();
+    let shards = std::env::var("ENGINE_BENCH_SHARDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let r = bench_train(&p, steps(), 2, threads, shards).unwrap();
     // CPU-time view: tokens per CPU-second × threads, and its GFLOP share of the CPU-time peak.
     let tokens = (p.batch * p.seq_len) as f64;
     if let (Some(cpu), Some(peak)) = (r.cpu_seconds_per_step, r.gemm_peak_gflops_cpu) {

@@ -15,7 +15,8 @@
 use crate::checkpoint::{HostTensor, TensorMap};
 use crate::config::{Head, LlamaConfig};
 use crate::ops::attention::{self, AttnShape, Cols};
-use crate::ops::matmul::{MmShape, Tr, matmul};
+use crate::ops::matmul::{MmShape, Tr, matmul, matmul_ld};
+use rayon::prelude::*;
 use crate::ops::{Span, embedding, loss, norm, rope, spans_of, swiglu};
 use crate::rng::Rng;
 
@@ -122,6 +123,9 @@ pub struct Llama {
     rope: rope::RopeTable,
 }
 
+/// Values per parallel chunk of the gradient-wide operations (and per partial sum of the norm).
+const NORM_CHUNK: usize = 4096;
+
 /// Gradients (or any per-parameter tensors) in the model's parameter order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grads {
@@ -136,18 +140,35 @@ impl Grads {
 
     /// `self += other` (gradient accumulation across micro-batches).
     pub fn add_assign(&mut self, other: &Grads) {
-        for (a, b) in self.tensors.iter_mut().zip(&other.tensors) {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-        }
+        self.tensors.par_iter_mut().zip(&other.tensors).for_each(|(a, b)| {
+            a.par_chunks_mut(NORM_CHUNK).zip(b.par_chunks(NORM_CHUNK)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+        });
     }
 
     pub fn scale(&mut self, s: f32) {
-        self.tensors.iter_mut().for_each(|t| t.iter_mut().for_each(|x| *x *= s));
+        self.tensors.par_iter_mut().for_each(|t| t.par_chunks_mut(NORM_CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= s)));
     }
 
-    /// The global L2 norm over all tensors, accumulated in f64 in parameter order.
+    /// The global L2 norm over all tensors, in f64: each tensor cut into fixed chunks of
+    /// 4096 values, each chunk summed in 8 interleaved lanes, the chunk sums added in order,
+    /// then the tensors in parameter order. The order depends only on the shapes, so the
+    /// result is the same on any thread count.
     pub fn global_norm(&self) -> f32 {
-        self.tensors.iter().flatten().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32
+        let per_tensor: Vec<f64> = self.tensors.par_iter().map(|t| {
+            let chunks: Vec<f64> = t.par_chunks(NORM_CHUNK).map(|c| {
+                let mut lanes = [0.0f64; 8];
+                let it = c.chunks_exact(8);
+                let tail: f64 = it.remainder().iter().map(|&x| x as f64 * x as f64).sum();
+                for v in it {
+                    for l in 0..8 {
+                        lanes[l] += v[l] as f64 * v[l] as f64;
+                    }
+                }
+                lanes.iter().sum::<f64>() + tail
+            }).collect();
+            chunks.iter().sum()
+        }).collect();
+        per_tensor.iter().sum::<f64>().sqrt() as f32
     }
 
     /// By Hugging Face parameter name (for tests and debugging).
@@ -386,21 +407,20 @@ impl Llama {
         js.iter().flat_map(|&j| self.layer_param(layer, j).iter().copied()).collect()
     }
 
-    /// Backward of `y = x @ stackᵀ`: `dx += dy @ stack` and the stack's weight gradient, whose
-    /// row blocks are the gradients of the stacked tensors, added into `grads`.
+    /// Backward of `y = x @ stackᵀ`: `dx += dy @ stack`, and each stacked tensor's weight
+    /// gradient, `dW_j += dy[:, cols of j]ᵀ @ x`, added straight into `grads`.
     fn stacked_linear_backward(&self, dx: &mut [f32], grads: &mut Grads, layer: usize, js: &[usize], dy: &[f32], x: &[f32]) {
         let d = self.config.hidden_size;
         let n = x.len() / d;
         let w = self.stacked_weight(layer, js);
         let dout = w.len() / d;
-        let mut dw = vec![0.0; w.len()];
-        linear_backward(dx, &mut dw, dy, x, &w, n, d, dout);
-        let mut rest = dw.as_slice();
+        matmul(dx, dy, Tr::N, &w, Tr::N, MmShape { m: n, k: dout, n: d }, true);
+        let mut col0 = 0;
         for &j in js {
             let g = &mut grads.tensors[Self::layer_index(layer, j)];
-            let (part, tail) = rest.split_at(g.len());
-            g.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-            rest = tail;
+            let rows = g.len() / d;
+            matmul_ld(g, d, &dy[col0..], dout, Tr::T, x, d, Tr::N, MmShape { m: rows, k: n, n: d }, true);
+            col0 += rows;
         }
     }
 

@@ -182,7 +182,7 @@ pub fn lm_train_step(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch],
 /// over small matrices cannot. The result depends on the shard count (a setting), never on the
 /// thread count; one shard is exactly [`lm_train_step`].
 pub fn lm_train_step_sharded(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicroBatch], lr: f32, clip: Option<f32>, shards: usize) -> Result<StepReport, ModelError> {
-    let mut total = Grads::zeros(model);
+    let mut total: Option<Grads> = None;
     let mut loss = 0.0f64;
     let mut tokens = 0;
     for mb in micro {
@@ -197,10 +197,15 @@ pub fn lm_train_step_sharded(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicr
         for part in parts {
             let (l, g) = part?;
             loss += l as f64;
-            total.add_assign(&g);
+            match &mut total {
+                None => total = Some(g),
+                Some(t) => t.add_assign(&g),
+            }
         }
         tokens += mb.rows.iter().map(|r| r.len()).sum::<usize>();
     }
+    // The first part's gradients become the sum (0 + g = g exactly): no zeroed buffer.
+    let mut total = total.unwrap_or_else(|| Grads::zeros(model));
     let grad_norm = match clip {
         Some(c) => clip_grad_norm(&mut total, c),
         None => total.global_norm(),
@@ -245,12 +250,16 @@ pub fn lm_part_grads(model: &Llama, micro: &[LmMicroBatch], parts: &[StepPart], 
 /// The end of a step from its parts' results, given in part order: losses and gradients added
 /// in that order (as [`lm_train_step_sharded`] does), clipping, one AdamW update at `lr`.
 pub fn lm_apply_parts<'a>(model: &mut Llama, opt: &mut AdamW, parts: impl IntoIterator<Item = (f32, &'a Grads)>, tokens: usize, lr: f32, clip: Option<f32>) -> Result<StepReport, ModelError> {
-    let mut total = Grads::zeros(model);
+    let mut total: Option<Grads> = None;
     let mut loss = 0.0f64;
     for (l, g) in parts {
         loss += l as f64;
-        total.add_assign(g);
+        match &mut total {
+            None => total = Some(g.clone()),
+            Some(t) => t.add_assign(g),
+        }
     }
+    let mut total = total.unwrap_or_else(|| Grads::zeros(model));
     let grad_norm = match clip {
         Some(c) => clip_grad_norm(&mut total, c),
         None => total.global_norm(),

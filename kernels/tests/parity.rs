@@ -120,18 +120,29 @@ fn rope_table_matches_direct_angles_both_directions() {
 
 #[test]
 fn attention_forward_and_backward_with_gqa_and_ragged_rows() {
-    let spans = spans_of([5, 1, 17, 8]);
-    let n: usize = 31;
-    let sh = AttnShape { heads: 6, kv_heads: 2, head_dim: 12 };
-    let q = randn(n * 6 * 12, 10, 1.0);
-    let k = randn(n * 2 * 12, 11, 1.0);
-    let v = randn(n * 2 * 12, 12, 1.0);
+    check_attention(&[5, 1, 17, 8], AttnShape { heads: 6, kv_heads: 2, head_dim: 12 });
+}
+
+/// Rows longer than the causal tile (64), ending inside a tile and on its edge.
+#[test]
+fn attention_over_several_causal_tiles() {
+    check_attention(&[130, 64, 1, 65], AttnShape { heads: 4, kv_heads: 2, head_dim: 8 });
+}
+
+fn check_attention(lens: &[usize], sh: AttnShape) {
+    let spans = spans_of(lens.iter().copied());
+    let n: usize = lens.iter().sum();
+    let (qw, kw) = (sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let q = randn(n * qw, 10, 1.0);
+    let k = randn(n * kw, 11, 1.0);
+    let v = randn(n * kw, 12, 1.0);
     let (out_ref, p_ref) = attention_ref(&q, &k, &v, &spans, sh);
-    let (mut out, mut p) = (vec![0.0; n * 72], vec![0.0; probs_len(&spans, sh)]);
+    // Start from garbage: every saved element (zeros above the diagonal too) must be written.
+    let (mut out, mut p) = (vec![7.0; n * qw], vec![7.0; probs_len(&spans, sh)]);
     attention(&mut out, &mut p, &q, &k, &v, &spans, sh);
     check_close("attention out", &out, &out_ref, 1e-5, 1e-4).unwrap();
     check_close("attention probs", &p, &p_ref, 1e-6, 1e-4).unwrap();
-    let dout = randn(n * 72, 13, 1.0);
+    let dout = randn(n * qw, 13, 1.0);
     let (dq_r, dk_r, dv_r) = attention_backward_ref(&dout, &q, &k, &v, &p_ref, &spans, sh);
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     attention_backward(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &v, &p, &spans, sh);

@@ -7,10 +7,12 @@
 //! diagonal). Backward: `dP = dout vᵀ`, `dS = P ⊙ (dP - rowsum(P ⊙ dP))`,
 //! `dq = dS k / sqrt(hd)`, `dk = dSᵀ q / sqrt(hd)`, `dv = Pᵀ dout`, with dk and dv summed over
 //! the query heads of a group. The fast version gathers each head into contiguous (L, hd)
-//! blocks and uses single-threaded gemm per (row, head), running heads in parallel.
+//! blocks and uses single-threaded gemm per (row, head), running heads in parallel; the
+//! (L, L) products are computed in causal tiles of 64 rows, skipping the blocks above the
+//! diagonal.
 
 use super::Span;
-use super::matmul::{MmShape, Tr, matmul_serial};
+use super::matmul::{MmShape, Tr, matmul_serial_ld};
 use rayon::prelude::*;
 
 /// Head counts and width.
@@ -85,6 +87,15 @@ impl<'a> Cols<'a> {
     }
 }
 
+/// Rows per causal tile of the (L, L) products: the blocks above the diagonal at this
+/// granularity are skipped (for L = 256, 10 of 16 blocks are computed).
+const TILE: usize = 64;
+
+/// The tiles [i0, i1) covering 0..l.
+fn tiles(l: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..l).step_by(TILE).map(move |i0| (i0, (i0 + TILE).min(l)))
+}
+
 /// Copies head `h` of rows `s` of x (N, width) into a contiguous (L, hd) block.
 fn gather(x: &[f32], width: usize, s: Span, h: usize, hd: usize) -> Vec<f32> {
     gather_cols(Cols::all(x, width), s, h, hd)
@@ -147,20 +158,25 @@ pub fn attention_cols(out: &mut [f32], probs: &mut [f32], q: Cols<'_>, k: Cols<'
         let qh = gather_cols(q, s, h, hd);
         let kh = gather_cols(k, s, h / sh.group(), hd);
         let vh = gather_cols(v, s, h / sh.group(), hd);
-        // p (L, L) = qh (L, hd) @ khᵀ, then the causal softmax row by row.
-        matmul_serial(p, &qh, Tr::N, &kh, Tr::T, MmShape { m: l, k: hd, n: l }, false);
-        for i in 0..l {
-            let row = &mut p[i * l..(i + 1) * l];
-            let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-            row[..=i].iter_mut().for_each(|x| *x = *x * scale - max);
-            super::exp_inplace(&mut row[..=i]);
-            let z: f32 = row[..=i].iter().sum();
-            let inv = 1.0 / z;
-            row[..=i].iter_mut().for_each(|x| *x *= inv);
-            row[i + 1..].fill(0.0);
-        }
+        // Query tiles of TILE rows: the tile's scores against keys 0..i1 only (the blocks
+        // above the diagonal are never computed), the causal softmax row by row, then the
+        // tile's output from the same blocks.
         let mut o = vec![0.0f32; l * hd];
-        matmul_serial(&mut o, p, Tr::N, &vh, Tr::N, MmShape { m: l, k: l, n: hd }, false);
+        for (i0, i1) in tiles(l) {
+            let pt = &mut p[i0 * l..];
+            matmul_serial_ld(pt, l, &qh[i0 * hd..], hd, Tr::N, &kh, hd, Tr::T, MmShape { m: i1 - i0, k: hd, n: i1 }, false);
+            for i in i0..i1 {
+                let row = &mut p[i * l..(i + 1) * l];
+                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                row[..=i].iter_mut().for_each(|x| *x = *x * scale - max);
+                super::exp_inplace(&mut row[..=i]);
+                let z: f32 = row[..=i].iter().sum();
+                let inv = 1.0 / z;
+                row[..=i].iter_mut().for_each(|x| *x *= inv);
+                row[i + 1..].fill(0.0);
+            }
+            matmul_serial_ld(&mut o[i0 * hd..], hd, &p[i0 * l..], l, Tr::N, &vh, hd, Tr::N, MmShape { m: i1 - i0, k: i1, n: hd }, false);
+        }
         o
     }).collect();
     out.fill(0.0);
@@ -270,20 +286,31 @@ fn backward_blocks(dout: &[f32], q: Cols<'_>, k: Cols<'_>, v: Cols<'_>, probs: &
             let p = &probs[pbase[r] + h * l * l..pbase[r] + (h + 1) * l * l];
             let qb = gather_cols(q, s, h, hd);
             let dob = gather(dout, qw, s, h, hd);
+            // Only causal blocks: key tile [j0, j1) receives from queries j0..L, query tile
+            // [i0, i1) reads keys 0..i1 (dp's blocks above the diagonal are never written nor
+            // read).
             // dv (L, hd) += pᵀ (L, L) @ dout (L, hd)
-            matmul_serial(&mut dvb, p, Tr::T, &dob, Tr::N, MmShape { m: l, k: l, n: hd }, true);
-            // dp (L, L) = dout (L, hd) @ vᵀ, then dS = p ⊙ (dp - rowsum(p ⊙ dp)) · scale in place.
-            matmul_serial(&mut dp, &dob, Tr::N, &vb, Tr::T, MmShape { m: l, k: hd, n: l }, false);
-            for i in 0..l {
-                let (pr, dr) = (&p[i * l..(i + 1) * l], &mut dp[i * l..(i + 1) * l]);
-                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
-                for j in 0..l {
-                    dr[j] = if j <= i { pr[j] * (dr[j] - dot) * scale } else { 0.0 };
-                }
+            for (j0, j1) in tiles(l) {
+                matmul_serial_ld(&mut dvb[j0 * hd..], hd, &p[j0 * l + j0..], l, Tr::T, &dob[j0 * hd..], hd, Tr::N, MmShape { m: j1 - j0, k: l - j0, n: hd }, true);
             }
             let mut dqb = vec![0.0f32; l * hd];
-            matmul_serial(&mut dqb, &dp, Tr::N, &kb, Tr::N, MmShape { m: l, k: l, n: hd }, false);
-            matmul_serial(&mut dkb, &dp, Tr::T, &qb, Tr::N, MmShape { m: l, k: l, n: hd }, true);
+            for (i0, i1) in tiles(l) {
+                // dp = dout @ vᵀ, then dS = p ⊙ (dp - rowsum(p ⊙ dp)) · scale in place.
+                matmul_serial_ld(&mut dp[i0 * l..], l, &dob[i0 * hd..], hd, Tr::N, &vb, hd, Tr::T, MmShape { m: i1 - i0, k: hd, n: i1 }, false);
+                for i in i0..i1 {
+                    let (pr, dr) = (&p[i * l..(i + 1) * l], &mut dp[i * l..(i + 1) * l]);
+                    let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
+                    for j in 0..i1 {
+                        dr[j] = if j <= i { pr[j] * (dr[j] - dot) * scale } else { 0.0 };
+                    }
+                }
+                // dq (tile) = dS (tile, 0..i1) @ k[0..i1]
+                matmul_serial_ld(&mut dqb[i0 * hd..], hd, &dp[i0 * l..], l, Tr::N, &kb, hd, Tr::N, MmShape { m: i1 - i0, k: i1, n: hd }, false);
+            }
+            // dk (L, hd) += dSᵀ @ q
+            for (j0, j1) in tiles(l) {
+                matmul_serial_ld(&mut dkb[j0 * hd..], hd, &dp[j0 * l + j0..], l, Tr::T, &qb[j0 * hd..], hd, Tr::N, MmShape { m: j1 - j0, k: l - j0, n: hd }, true);
+            }
             dqs.push(dqb);
         }
         (dqs, dkb, dvb)

@@ -100,6 +100,52 @@ fn matmul_with(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape, 
     }
 }
 
+/// [`matmul_serial`] on sub-matrices of larger row-major buffers: each operand is given by a
+/// slice starting at its first element and its leading dimension (the distance between
+/// consecutive stored rows; the stored form is (m, k) for A with `Tr::N`, (k, m) with `Tr::T`,
+/// and likewise for B). Used by attention to compute only the causal blocks of (L, L) products.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial_ld(c: &mut [f32], ldc: usize, a: &[f32], lda: usize, ta: Tr, b: &[f32], ldb: usize, tb: Tr, s: MmShape, accumulate: bool) {
+    matmul_ld_with(c, ldc, a, lda, ta, b, ldb, tb, s, accumulate, Parallelism::None);
+}
+
+/// [`matmul_serial_ld`] with the threads [`matmul`] would use for this shape.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_ld(c: &mut [f32], ldc: usize, a: &[f32], lda: usize, ta: Tr, b: &[f32], ldb: usize, tb: Tr, s: MmShape, accumulate: bool) {
+    matmul_ld_with(c, ldc, a, lda, ta, b, ldb, tb, s, accumulate, parallelism(s));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_ld_with(c: &mut [f32], ldc: usize, a: &[f32], lda: usize, ta: Tr, b: &[f32], ldb: usize, tb: Tr, s: MmShape, accumulate: bool, par: Parallelism) {
+    let MmShape { m, k, n } = s;
+    if m == 0 || n == 0 {
+        return;
+    }
+    let need = |rows: usize, cols: usize, ld: usize| if rows == 0 { 0 } else { (rows - 1) * ld + cols };
+    let (ar, ac) = match ta { Tr::N => (m, k), Tr::T => (k, m) };
+    let (br, bc) = match tb { Tr::N => (k, n), Tr::T => (n, k) };
+    assert!(ldc >= n && c.len() >= need(m, n, ldc), "matmul_serial_ld: C too short for {s:?}, ld {ldc}");
+    assert!(lda >= ac && a.len() >= need(ar, ac, lda), "matmul_serial_ld: A too short for {s:?}, ld {lda}");
+    assert!(ldb >= bc && b.len() >= need(br, bc, ldb), "matmul_serial_ld: B too short for {s:?}, ld {ldb}");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let (a_cs, a_rs) = match ta { Tr::N => (1, lda as isize), Tr::T => (lda as isize, 1) };
+    let (b_cs, b_rs) = match tb { Tr::N => (1, ldb as isize), Tr::T => (ldb as isize, 1) };
+    // SAFETY: the asserts above check that every addressed element lies inside its slice.
+    unsafe {
+        gemm::gemm(
+            m, n, k, c.as_mut_ptr(), 1, ldc as isize, accumulate, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs,
+            1.0f32, 1.0f32, false, false, false, par,
+        );
+    }
+}
+
 /// `y (m, n) = x (m, k) @ Wᵀ` for few rows (decoding), with W (n, k) as f32 or bf16 bits.
 /// Memory-bound: each weight is read once, and the output features are split across threads.
 pub fn linear_few_rows(y: &mut [f32], x: &[f32], w: WeightRef<'_>, m: usize, k: usize, n: usize) {
