@@ -15,7 +15,7 @@
 use crate::checkpoint::{HostTensor, TensorMap};
 use crate::config::{Head, LlamaConfig};
 use crate::ops::attention::{self, AttnShape, Cols};
-use crate::ops::matmul::{MmShape, Tr, matmul, matmul_ld};
+use crate::ops::matmul::{MmShape, Tr, matmul, matmul_ld, matmul_new};
 use rayon::prelude::*;
 use crate::ops::{Span, embedding, loss, norm, rope, spans_of, swiglu};
 use crate::rng::Rng;
@@ -283,16 +283,16 @@ pub enum HeadGrad<'a> {
     Scores { dscores: &'a [f32] },
 }
 
-fn linear(y: &mut [f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize) {
-    // y (n, dout) = x (n, din) @ wᵀ with w stored (dout, din).
-    matmul(y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: dout }, false);
+/// y (n, dout) = x (n, din) @ wᵀ with w stored (dout, din), in a new buffer.
+fn linear(x: &[f32], w: &[f32], n: usize, din: usize, dout: usize) -> Vec<f32> {
+    matmul_new(x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: dout })
 }
 
-/// Backward of [`linear`]: `dx += dy @ w` and `dw += dyᵀ @ x`.
+/// Backward of [`linear`]: returns `dx = dy @ w` and adds `dyᵀ @ x` into dw.
 #[allow(clippy::too_many_arguments)]
-fn linear_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize) {
-    matmul(dx, dy, Tr::N, w, Tr::N, MmShape { m: n, k: dout, n: din }, true);
+fn linear_backward(dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], n: usize, din: usize, dout: usize) -> Vec<f32> {
     matmul(dw, dy, Tr::T, x, Tr::N, MmShape { m: dout, k: n, n: din }, true);
+    matmul_new(dy, Tr::N, w, Tr::N, MmShape { m: n, k: dout, n: din })
 }
 
 impl Llama {
@@ -407,14 +407,14 @@ impl Llama {
         js.iter().flat_map(|&j| self.layer_param(layer, j).iter().copied()).collect()
     }
 
-    /// Backward of `y = x @ stackᵀ`: `dx += dy @ stack`, and each stacked tensor's weight
-    /// gradient, `dW_j += dy[:, cols of j]ᵀ @ x`, added straight into `grads`.
-    fn stacked_linear_backward(&self, dx: &mut [f32], grads: &mut Grads, layer: usize, js: &[usize], dy: &[f32], x: &[f32]) {
+    /// Backward of `y = x @ stackᵀ`: returns `dx = dy @ stack`, and adds each stacked
+    /// tensor's weight gradient, `dW_j += dy[:, cols of j]ᵀ @ x`, straight into `grads`.
+    fn stacked_linear_backward(&self, grads: &mut Grads, layer: usize, js: &[usize], dy: &[f32], x: &[f32]) -> Vec<f32> {
         let d = self.config.hidden_size;
         let n = x.len() / d;
         let w = self.stacked_weight(layer, js);
         let dout = w.len() / d;
-        matmul(dx, dy, Tr::N, &w, Tr::N, MmShape { m: n, k: dout, n: d }, true);
+        let dx = matmul_new(dy, Tr::N, &w, Tr::N, MmShape { m: n, k: dout, n: d });
         let mut col0 = 0;
         for &j in js {
             let g = &mut grads.tensors[Self::layer_index(layer, j)];
@@ -422,6 +422,7 @@ impl Llama {
             matmul_ld(g, d, &dy[col0..], dout, Tr::T, x, d, Tr::N, MmShape { m: rows, k: n, n: d }, true);
             col0 += rows;
         }
+        dx
     }
 
     /// Width of the head's output per token.
@@ -478,27 +479,23 @@ impl Llama {
             // q, k and v stay side by side in the product's output; rotary and attention read
             // their columns in place.
             let sw = qd + 2 * kvd;
-            let mut qkv = vec![0.0; n * sw];
-            linear(&mut qkv, &h1, &wqkv, n, d, sw);
+            let mut qkv = linear(&h1, &wqkv, n, d, sw);
             rope::rope_cols(&mut qkv, sw, 0, &batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Forward);
             rope::rope_cols(&mut qkv, sw, qd, &batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Forward);
             let mut att = vec![0.0; n * qd];
             let mut probs = vec![0.0; attention::probs_len(&batch.spans, sh)];
             let col = |col0| Cols { data: &qkv, width: sw, col0 };
             attention::attention_cols(&mut att, &mut probs, col(0), col(qd), col(qd + kvd), &batch.spans, sh);
-            let mut x_mid = vec![0.0; n * d];
-            linear(&mut x_mid, &att, w(WO), n, qd, d);
+            let mut x_mid = linear(&att, w(WO), n, qd, d);
             x_mid.iter_mut().zip(&x).for_each(|(a, b)| *a += b);
             let mut rstd2 = vec![0.0; n];
             let mut h2 = vec![0.0; n * d];
             norm::rmsnorm(&mut h2, &mut rstd2, &x_mid, w(MLP_NORM), c.rms_norm_eps);
             // Gate and up from one product with [Wg; Wu], for the same reason as q/k/v.
-            let mut gu = vec![0.0; n * 2 * f];
-            linear(&mut gu, &h2, &self.stacked_weight(l, &[WG, WU]), n, d, 2 * f);
+            let gu = linear(&h2, &self.stacked_weight(l, &[WG, WU]), n, d, 2 * f);
             let mut a = vec![0.0; n * f];
             swiglu::swiglu_packed(&mut a, &gu, f);
-            let mut x_out = vec![0.0; n * d];
-            linear(&mut x_out, &a, w(WD), n, f, d);
+            let mut x_out = linear(&a, w(WD), n, f, d);
             x_out.iter_mut().zip(&x_mid).for_each(|(a, b)| *a += b);
             let x_in = std::mem::replace(&mut x, x_out);
             if save {
@@ -509,8 +506,7 @@ impl Llama {
         let mut hf = vec![0.0; n * d];
         norm::rmsnorm(&mut hf, &mut rstd_f, &x, self.final_norm(), c.rms_norm_eps);
         let ow = self.out_width();
-        let mut out = vec![0.0; n * ow];
-        linear(&mut out, &hf, self.head(), n, d, ow);
+        let out = linear(&hf, self.head(), n, d, ow);
         Ok(Forward { batch, out, out_width: ow, layers, x_final: x, rstd_f, hf })
     }
 
@@ -545,11 +541,7 @@ impl Llama {
         let mut grads = Grads::zeros(self);
         let sh = self.attn_shape();
         // Head and final norm. dx is the gradient of the residual stream, (N, D).
-        let mut dhf = vec![0.0; n * d];
-        {
-            let hi = self.head_index();
-            linear_backward(&mut dhf, &mut grads.tensors[hi], &dout, &fwd.hf, self.head(), n, d, ow);
-        }
+        let dhf = linear_backward(&mut grads.tensors[self.head_index()], &dout, &fwd.hf, self.head(), n, d, ow);
         let mut dx = vec![0.0; n * d];
         let fi = 1 + c.num_hidden_layers * PER_LAYER;
         norm::rmsnorm_backward(&mut dx, &mut grads.tensors[fi], &dhf, &fwd.x_final, self.final_norm(), &fwd.rstd_f);
@@ -558,18 +550,15 @@ impl Llama {
             let w = |j| self.layer_param(l, j);
             let gi = |j: usize| 1 + l * PER_LAYER + j;
             // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))).
-            let mut da = vec![0.0; n * f];
-            linear_backward(&mut da, &mut grads.tensors[gi(WD)], &dx, &s.a, w(WD), n, f, d);
+            let da = linear_backward(&mut grads.tensors[gi(WD)], &dx, &s.a, w(WD), n, f, d);
             let mut dgu = vec![0.0; n * 2 * f];
             swiglu::swiglu_backward_packed(&mut dgu, &da, &s.gu, f);
             drop(da);
-            let mut dh2 = vec![0.0; n * d];
-            self.stacked_linear_backward(&mut dh2, &mut grads, l, &[WG, WU], &dgu, &s.h2);
+            let dh2 = self.stacked_linear_backward(&mut grads, l, &[WG, WU], &dgu, &s.h2);
             // dx now flows into x_mid: the residual path plus the MLP norm's backward.
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(MLP_NORM)], &dh2, &s.x_mid, w(MLP_NORM), &s.rstd2);
             // Attention: x_mid = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))).
-            let mut datt = vec![0.0; n * qd];
-            linear_backward(&mut datt, &mut grads.tensors[gi(WO)], &dx, &s.att, w(WO), n, qd, d);
+            let datt = linear_backward(&mut grads.tensors[gi(WO)], &dx, &s.att, w(WO), n, qd, d);
             // dq, dk and dv land side by side in the fused layout, where the q/k/v product's
             // backward wants them: dh1 = dqkv @ Wqkv and dWqkv = dqkvᵀ @ h1, whose row blocks
             // are exactly dWq, dWk and dWv.
@@ -579,8 +568,7 @@ impl Llama {
             attention::attention_backward_cols(&mut dqkv, sw, &datt, col(0), col(qd), col(qd + kvd), &s.probs, &fwd.batch.spans, sh);
             rope::rope_cols(&mut dqkv, sw, 0, &fwd.batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Inverse);
             rope::rope_cols(&mut dqkv, sw, qd, &fwd.batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Inverse);
-            let mut dh1 = vec![0.0; n * d];
-            self.stacked_linear_backward(&mut dh1, &mut grads, l, &[WQ, WK, WV], &dqkv, &s.h1);
+            let dh1 = self.stacked_linear_backward(&mut grads, l, &[WQ, WK, WV], &dqkv, &s.h1);
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(ATTN_NORM)], &dh1, &s.x, w(ATTN_NORM), &s.rstd1);
         }
         embedding::embedding_backward(&mut grads.tensors[0], d, &fwd.batch.tokens, &dx);

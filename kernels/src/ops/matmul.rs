@@ -69,6 +69,31 @@ pub fn matmul(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape, a
     matmul_with(c, a, ta, b, tb, s, accumulate, parallelism(s));
 }
 
+/// `C = op(A) @ op(B)` into a new buffer, which is not zero-filled first: the product writes
+/// every element of C without reading it. The same numbers as [`matmul`] without accumulation.
+pub fn matmul_new(a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape) -> Vec<f32> {
+    let MmShape { m, k, n } = s;
+    assert_eq!(a.len(), m * k, "matmul: A has {} elements, shape {s:?}", a.len());
+    assert_eq!(b.len(), k * n, "matmul: B has {} elements, shape {s:?}", b.len());
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    let (a_cs, a_rs) = match ta { Tr::N => (1, k as isize), Tr::T => (m as isize, 1) };
+    let (b_cs, b_rs) = match tb { Tr::N => (1, n as isize), Tr::T => (k as isize, 1) };
+    // SAFETY: C has capacity m·n and is addressed row-major (n, 1); with `read_dst` false gemm
+    // never reads C and writes each of its m·n elements once, so all are initialised before
+    // set_len. A and B lengths were checked against the shape.
+    unsafe {
+        gemm::gemm(
+            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs,
+            1.0f32, 1.0f32, false, false, false, parallelism(s),
+        );
+        c.set_len(m * n);
+    }
+    c
+}
+
 /// [`matmul`] on one thread: for callers that already run in parallel (per attention head).
 pub fn matmul_serial(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape, accumulate: bool) {
     matmul_with(c, a, ta, b, tb, s, accumulate, Parallelism::None);
