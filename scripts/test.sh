@@ -11,6 +11,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast "$@"
 fi
+# Bench targets are not built by the runs above; compile them (test profile, so the
+# dependencies built for the tests are reused) so they cannot rot unnoticed.
+cargo test --workspace --benches --no-run
 
 # The CUDA backend: the `cuda` feature must build without CUDA installed, and its parity
 # tests report that they were skipped (no GPU). Where the Python NVIDIA wheels are present
