@@ -16,9 +16,9 @@ use crate::checkpoint::{HostTensor, TensorMap};
 use crate::config::{Head, LlamaConfig};
 use crate::ops::attention::{self, AttnShape, Cols};
 use crate::ops::matmul::{MmShape, Tr, matmul, matmul_ld, matmul_new};
-use rayon::prelude::*;
 use crate::ops::{Span, embedding, loss, norm, rope, spans_of, swiglu};
 use crate::rng::Rng;
+use rayon::prelude::*;
 
 /// Errors from building or running a model. Each names the tensor, row or op at fault.
 #[derive(Debug, thiserror::Error)]

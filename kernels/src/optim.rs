@@ -10,6 +10,7 @@
 use crate::checkpoint::{HostTensor, TensorMap};
 use crate::model::{Grads, Llama, ModelError, ParamKind};
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// AdamW's settings. No `Default`: every field changes results, so callers say what they use.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,14 +198,25 @@ pub fn lm_train_step_sharded(model: &mut Llama, opt: &mut AdamW, micro: &[LmMicr
         for part in parts {
             let (l, g) = part?;
             loss += l as f64;
-            match &mut total {
-                None => total = Some(g),
-                Some(t) => t.add_assign(&g),
-            }
+            add_part(&mut total, Cow::Owned(g));
         }
         tokens += mb.rows.iter().map(|r| r.len()).sum::<usize>();
     }
-    // The first part's gradients become the sum (0 + g = g exactly): no zeroed buffer.
+    apply_sum(model, opt, total, loss, tokens, lr, clip)
+}
+
+/// Adds one part's gradients to the step's sum; the first part becomes the sum (0 + g = g
+/// exactly), so no zeroed buffer is needed.
+fn add_part(total: &mut Option<Grads>, g: Cow<'_, Grads>) {
+    match total {
+        None => *total = Some(g.into_owned()),
+        Some(t) => t.add_assign(&g),
+    }
+}
+
+/// The end of every step: the summed gradients (zeros when there were none) clipped, one
+/// AdamW update at `lr`.
+fn apply_sum(model: &mut Llama, opt: &mut AdamW, total: Option<Grads>, loss: f64, tokens: usize, lr: f32, clip: Option<f32>) -> Result<StepReport, ModelError> {
     let mut total = total.unwrap_or_else(|| Grads::zeros(model));
     let grad_norm = match clip {
         Some(c) => clip_grad_norm(&mut total, c),
@@ -254,16 +266,7 @@ pub fn lm_apply_parts<'a>(model: &mut Llama, opt: &mut AdamW, parts: impl IntoIt
     let mut loss = 0.0f64;
     for (l, g) in parts {
         loss += l as f64;
-        match &mut total {
-            None => total = Some(g.clone()),
-            Some(t) => t.add_assign(g),
-        }
+        add_part(&mut total, Cow::Borrowed(g));
     }
-    let mut total = total.unwrap_or_else(|| Grads::zeros(model));
-    let grad_norm = match clip {
-        Some(c) => clip_grad_norm(&mut total, c),
-        None => total.global_norm(),
-    };
-    opt.update(model, &total, lr)?;
-    Ok(StepReport { loss: loss as f32, grad_norm, lr, tokens })
+    apply_sum(model, opt, total, loss, tokens, lr, clip)
 }

@@ -79,16 +79,11 @@ pub fn matmul_new(a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape) -> Vec<f32> 
         return vec![0.0; m * n];
     }
     let mut c: Vec<f32> = Vec::with_capacity(m * n);
-    let (a_cs, a_rs) = match ta { Tr::N => (1, k as isize), Tr::T => (m as isize, 1) };
-    let (b_cs, b_rs) = match tb { Tr::N => (1, n as isize), Tr::T => (k as isize, 1) };
-    // SAFETY: C has capacity m·n and is addressed row-major (n, 1); with `read_dst` false gemm
-    // never reads C and writes each of its m·n elements once, so all are initialised before
-    // set_len. A and B lengths were checked against the shape.
+    // SAFETY: C has capacity m·n, addressed row-major with ld n; A and B lengths were checked
+    // against the shape. Not accumulating, gemm never reads C and writes each of its m·n
+    // elements once, so all are initialised before set_len.
     unsafe {
-        gemm::gemm(
-            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs,
-            1.0f32, 1.0f32, false, false, false, parallelism(s),
-        );
+        gemm_raw(c.as_mut_ptr(), n, a, natural_ld(ta, m, k), ta, b, natural_ld(tb, k, n), tb, s, false, parallelism(s));
         c.set_len(m * n);
     }
     c
@@ -103,23 +98,30 @@ pub fn matmul_serial(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmS
 fn matmul_with(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape, accumulate: bool, par: Parallelism) {
     check_lens(c, a, b, s);
     let MmShape { m, k, n } = s;
-    if m == 0 || n == 0 {
-        return;
+    matmul_ld_with(c, n, a, natural_ld(ta, m, k), ta, b, natural_ld(tb, k, n), tb, s, accumulate, par);
+}
+
+/// The leading dimension of a whole row-major operand whose product view is (rows, cols).
+fn natural_ld(t: Tr, rows: usize, cols: usize) -> usize {
+    match t {
+        Tr::N => cols,
+        Tr::T => rows,
     }
-    if k == 0 {
-        if !accumulate {
-            c.fill(0.0);
-        }
-        return;
-    }
+}
+
+/// The one call into `gemm`: C (m, n) [+]= op(A) @ op(B), each operand row-major with its
+/// leading dimension. SAFETY: m, n, k > 0 and every addressed element of A, B and C lies
+/// inside its buffer; C is only read when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(c: *mut f32, ldc: usize, a: &[f32], lda: usize, ta: Tr, b: &[f32], ldb: usize, tb: Tr, s: MmShape, accumulate: bool, par: Parallelism) {
+    let MmShape { m, k, n } = s;
     // gemm strides are (column stride, row stride) in elements.
-    let (a_cs, a_rs) = match ta { Tr::N => (1, k as isize), Tr::T => (m as isize, 1) };
-    let (b_cs, b_rs) = match tb { Tr::N => (1, n as isize), Tr::T => (k as isize, 1) };
-    // SAFETY: the lengths were checked against the shape above, and the strides address
-    // exactly those row-major buffers.
+    let (a_cs, a_rs) = match ta { Tr::N => (1, lda as isize), Tr::T => (lda as isize, 1) };
+    let (b_cs, b_rs) = match tb { Tr::N => (1, ldb as isize), Tr::T => (ldb as isize, 1) };
+    // SAFETY: the caller's contract above.
     unsafe {
         gemm::gemm(
-            m, n, k, c.as_mut_ptr(), 1, n as isize, accumulate, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs,
+            m, n, k, c, 1, ldc as isize, accumulate, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs,
             1.0f32, 1.0f32, false, false, false, par,
         );
     }
@@ -149,9 +151,9 @@ fn matmul_ld_with(c: &mut [f32], ldc: usize, a: &[f32], lda: usize, ta: Tr, b: &
     let need = |rows: usize, cols: usize, ld: usize| if rows == 0 { 0 } else { (rows - 1) * ld + cols };
     let (ar, ac) = match ta { Tr::N => (m, k), Tr::T => (k, m) };
     let (br, bc) = match tb { Tr::N => (k, n), Tr::T => (n, k) };
-    assert!(ldc >= n && c.len() >= need(m, n, ldc), "matmul_serial_ld: C too short for {s:?}, ld {ldc}");
-    assert!(lda >= ac && a.len() >= need(ar, ac, lda), "matmul_serial_ld: A too short for {s:?}, ld {lda}");
-    assert!(ldb >= bc && b.len() >= need(br, bc, ldb), "matmul_serial_ld: B too short for {s:?}, ld {ldb}");
+    assert!(ldc >= n && c.len() >= need(m, n, ldc), "matmul_ld: C too short for {s:?}, ld {ldc}");
+    assert!(lda >= ac && a.len() >= need(ar, ac, lda), "matmul_ld: A too short for {s:?}, ld {lda}");
+    assert!(ldb >= bc && b.len() >= need(br, bc, ldb), "matmul_ld: B too short for {s:?}, ld {ldb}");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -160,15 +162,8 @@ fn matmul_ld_with(c: &mut [f32], ldc: usize, a: &[f32], lda: usize, ta: Tr, b: &
         }
         return;
     }
-    let (a_cs, a_rs) = match ta { Tr::N => (1, lda as isize), Tr::T => (lda as isize, 1) };
-    let (b_cs, b_rs) = match tb { Tr::N => (1, ldb as isize), Tr::T => (ldb as isize, 1) };
     // SAFETY: the asserts above check that every addressed element lies inside its slice.
-    unsafe {
-        gemm::gemm(
-            m, n, k, c.as_mut_ptr(), 1, ldc as isize, accumulate, a.as_ptr(), a_cs, a_rs, b.as_ptr(), b_cs, b_rs,
-            1.0f32, 1.0f32, false, false, false, par,
-        );
-    }
+    unsafe { gemm_raw(c.as_mut_ptr(), ldc, a, lda, ta, b, ldb, tb, s, accumulate, par) };
 }
 
 /// `y (m, n) = x (m, k) @ Wᵀ` for few rows (decoding), with W (n, k) as f32 or bf16 bits.
