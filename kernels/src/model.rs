@@ -224,6 +224,8 @@ struct LayerActs {
     h2: Vec<f32>,    // (N, D) normed input of the MLP
     gu: Vec<f32>,    // (N, 2F): gate and up projections side by side
     a: Vec<f32>,     // (N, F) silu(g) * u
+    wqkv: Vec<f32>,  // [Wq; Wk; Wv] as the forward stacked them, reused by the backward
+    wgu: Vec<f32>,   // [Wg; Wu]
 }
 
 /// The result of a forward pass: the head's output for every token and, when kept for
@@ -409,12 +411,12 @@ impl Llama {
 
     /// Backward of `y = x @ stackᵀ`: returns `dx = dy @ stack`, and adds each stacked
     /// tensor's weight gradient, `dW_j += dy[:, cols of j]ᵀ @ x`, straight into `grads`.
-    fn stacked_linear_backward(&self, grads: &mut Grads, layer: usize, js: &[usize], dy: &[f32], x: &[f32]) -> Vec<f32> {
+    /// `w` is the stack the forward used ([`Llama::stacked_weight`] of the same tensors).
+    fn stacked_linear_backward(&self, grads: &mut Grads, layer: usize, js: &[usize], w: &[f32], dy: &[f32], x: &[f32]) -> Vec<f32> {
         let d = self.config.hidden_size;
         let n = x.len() / d;
-        let w = self.stacked_weight(layer, js);
         let dout = w.len() / d;
-        let dx = matmul_new(dy, Tr::N, &w, Tr::N, MmShape { m: n, k: dout, n: d });
+        let dx = matmul_new(dy, Tr::N, w, Tr::N, MmShape { m: n, k: dout, n: d });
         let mut col0 = 0;
         for &j in js {
             let g = &mut grads.tensors[Self::layer_index(layer, j)];
@@ -492,14 +494,15 @@ impl Llama {
             let mut h2 = vec![0.0; n * d];
             norm::rmsnorm(&mut h2, &mut rstd2, &x_mid, w(MLP_NORM), c.rms_norm_eps);
             // Gate and up from one product with [Wg; Wu], for the same reason as q/k/v.
-            let gu = linear(&h2, &self.stacked_weight(l, &[WG, WU]), n, d, 2 * f);
+            let wgu = self.stacked_weight(l, &[WG, WU]);
+            let gu = linear(&h2, &wgu, n, d, 2 * f);
             let mut a = vec![0.0; n * f];
             swiglu::swiglu_packed(&mut a, &gu, f);
             let mut x_out = linear(&a, w(WD), n, f, d);
             x_out.iter_mut().zip(&x_mid).for_each(|(a, b)| *a += b);
             let x_in = std::mem::replace(&mut x, x_out);
             if save {
-                layers.push(LayerActs { x: x_in, rstd1, h1, qkv, probs, att, x_mid, rstd2, h2, gu, a });
+                layers.push(LayerActs { x: x_in, rstd1, h1, qkv, probs, att, x_mid, rstd2, h2, gu, a, wqkv, wgu });
             }
         }
         let mut rstd_f = vec![0.0; n];
@@ -554,7 +557,7 @@ impl Llama {
             let mut dgu = vec![0.0; n * 2 * f];
             swiglu::swiglu_backward_packed(&mut dgu, &da, &s.gu, f);
             drop(da);
-            let dh2 = self.stacked_linear_backward(&mut grads, l, &[WG, WU], &dgu, &s.h2);
+            let dh2 = self.stacked_linear_backward(&mut grads, l, &[WG, WU], &s.wgu, &dgu, &s.h2);
             // dx now flows into x_mid: the residual path plus the MLP norm's backward.
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(MLP_NORM)], &dh2, &s.x_mid, w(MLP_NORM), &s.rstd2);
             // Attention: x_mid = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))).
@@ -568,7 +571,7 @@ impl Llama {
             attention::attention_backward_cols(&mut dqkv, sw, &datt, col(0), col(qd), col(qd + kvd), &s.probs, &fwd.batch.spans, sh);
             rope::rope_cols(&mut dqkv, sw, 0, &fwd.batch.positions, c.num_attention_heads, &self.rope, rope::Direction::Inverse);
             rope::rope_cols(&mut dqkv, sw, qd, &fwd.batch.positions, c.num_key_value_heads, &self.rope, rope::Direction::Inverse);
-            let dh1 = self.stacked_linear_backward(&mut grads, l, &[WQ, WK, WV], &dqkv, &s.h1);
+            let dh1 = self.stacked_linear_backward(&mut grads, l, &[WQ, WK, WV], &s.wqkv, &dqkv, &s.h1);
             norm::rmsnorm_backward(&mut dx, &mut grads.tensors[gi(ATTN_NORM)], &dh1, &s.x, w(ATTN_NORM), &s.rstd1);
         }
         embedding::embedding_backward(&mut grads.tensors[0], d, &fwd.batch.tokens, &dx);

@@ -73,11 +73,7 @@ impl AdamW {
                 let decay = 1.0 - lr * wd;
                 let step = (lr as f64 / bc1) as f32;
                 let inv_bc2 = (1.0 / bc2) as f32;
-                for i in 0..p.len() {
-                    m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
-                    v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
-                    p[i] = p[i] * decay - step * m[i] / ((v[i] * inv_bc2).sqrt() + c.eps);
-                }
+                adamw_slice(p, g, m, v, [c.beta1, c.beta2, decay, step, inv_bc2, c.eps]);
             });
         Ok(())
     }
@@ -113,6 +109,19 @@ impl AdamW {
         }
         let st = get("adamw.step".into(), &[2])?;
         Ok(AdamW { config, m, v, step: ((st[0] as u64) << 24) | st[1] as u64 })
+    }
+}
+
+crate::ops::simd_kernel! {
+    /// The AdamW update of one tensor; `k` = [beta1, beta2, decay, step, 1 / bias correction 2, eps].
+    fn adamw_slice(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 6]) {
+        let [beta1, beta2, decay, step, inv_bc2, eps] = k;
+        let n = p.len().min(g.len()).min(m.len()).min(v.len());
+        for i in 0..n {
+            m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
+            v[i] = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i];
+            p[i] = p[i] * decay - step * m[i] / ((v[i] * inv_bc2).sqrt() + eps);
+        }
     }
 }
 

@@ -147,6 +147,31 @@ pub fn attention(out: &mut [f32], probs: &mut [f32], q: &[f32], k: &[f32], v: &[
     attention_cols(out, probs, Cols::all(q, qw), Cols::all(k, kw), Cols::all(v, kw), spans, sh);
 }
 
+super::simd_kernel! {
+    /// `row ← softmax(row · scale)` (the causal prefix of one query's scores).
+    fn softmax_row(row: &mut [f32], scale: f32) {
+        // Scaling by a positive number keeps the order, so max(x) · scale is max(x · scale).
+        let max = super::lane_max(row) * scale;
+        for x in row.iter_mut() {
+            *x = super::exp_one(*x * scale - max);
+        }
+        let inv = 1.0 / super::lane_sum(row);
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+super::simd_kernel! {
+    /// The softmax backward of one row: `dp ← p ⊙ (dp - Σ p ⊙ dp) · scale`.
+    fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
+        let dot = super::dot_plain(p, dp);
+        for (d, &pj) in dp.iter_mut().zip(p) {
+            *d = pj * (*d - dot) * scale;
+        }
+    }
+}
+
 /// [`attention`] reading q, k and v as column ranges (e.g. of the fused q/k/v product).
 pub fn attention_cols(out: &mut [f32], probs: &mut [f32], q: Cols<'_>, k: Cols<'_>, v: Cols<'_>, spans: &[Span], sh: AttnShape) {
     let (hd, qw) = (sh.head_dim, sh.heads * sh.head_dim);
@@ -167,12 +192,7 @@ pub fn attention_cols(out: &mut [f32], probs: &mut [f32], q: Cols<'_>, k: Cols<'
             matmul_serial_ld(pt, l, &qh[i0 * hd..], hd, Tr::N, &kh, hd, Tr::T, MmShape { m: i1 - i0, k: hd, n: i1 }, false);
             for i in i0..i1 {
                 let row = &mut p[i * l..(i + 1) * l];
-                let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-                row[..=i].iter_mut().for_each(|x| *x = *x * scale - max);
-                super::exp_inplace(&mut row[..=i]);
-                let z: f32 = row[..=i].iter().sum();
-                let inv = 1.0 / z;
-                row[..=i].iter_mut().for_each(|x| *x *= inv);
+                softmax_row(&mut row[..=i], scale);
                 row[i + 1..].fill(0.0);
             }
             matmul_serial_ld(&mut o[i0 * hd..], hd, &p[i0 * l..], l, Tr::N, &vh, hd, Tr::N, MmShape { m: i1 - i0, k: i1, n: hd }, false);
@@ -299,10 +319,8 @@ fn backward_blocks(dout: &[f32], q: Cols<'_>, k: Cols<'_>, v: Cols<'_>, probs: &
                 matmul_serial_ld(&mut dp[i0 * l..], l, &dob[i0 * hd..], hd, Tr::N, &vb, hd, Tr::T, MmShape { m: i1 - i0, k: hd, n: i1 }, false);
                 for i in i0..i1 {
                     let (pr, dr) = (&p[i * l..(i + 1) * l], &mut dp[i * l..(i + 1) * l]);
-                    let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
-                    for j in 0..i1 {
-                        dr[j] = if j <= i { pr[j] * (dr[j] - dot) * scale } else { 0.0 };
-                    }
+                    softmax_backward_row(&mut dr[..=i], &pr[..=i], scale);
+                    dr[i + 1..i1].fill(0.0);
                 }
                 // dq (tile) = dS (tile, 0..i1) @ k[0..i1]
                 matmul_serial_ld(&mut dqb[i0 * hd..], hd, &dp[i0 * l..], l, Tr::N, &kb, hd, Tr::N, MmShape { m: i1 - i0, k: i1, n: hd }, false);

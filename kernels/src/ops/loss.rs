@@ -26,19 +26,36 @@ pub fn token_logprobs_ref(logits: &[f32], v: usize, targets: &[i32]) -> Vec<f32>
     }).collect()
 }
 
-/// log Σ exp(row), in f32 with the max subtracted; exponentials in blocks of 256 through the
-/// vectorised [`super::exp_inplace`].
+/// log Σ exp(row), in f32 with the max subtracted; exponentials and their sum in blocks of
+/// 256 through the vectorised [`shifted_exp_sum`].
 fn logsumexp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let max = super::lane_max(row);
     let mut buf = [0.0f32; 256];
     let mut sum = 0.0f32;
     for chunk in row.chunks(256) {
         let b = &mut buf[..chunk.len()];
-        b.iter_mut().zip(chunk).for_each(|(o, &x)| *o = x - max);
-        super::exp_inplace(b);
-        sum += b.iter().sum::<f32>();
+        sum += shifted_exp_sum(b, chunk, max);
     }
     max + sum.ln()
+}
+
+super::simd_kernel! {
+    /// `out = exp(x - shift)` elementwise; returns the sum of `out` (in 16 lanes).
+    fn shifted_exp_sum(out: &mut [f32], x: &[f32], shift: f32) -> f32 {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = super::exp_one(v - shift);
+        }
+        super::lane_sum(out)
+    }
+}
+
+super::simd_kernel! {
+    /// `x *= k` elementwise.
+    fn scale_slice(x: &mut [f32], k: f32) {
+        for v in x.iter_mut() {
+            *v *= k;
+        }
+    }
 }
 
 /// Fast: rows in parallel.
@@ -71,11 +88,9 @@ pub fn logprob_backward(dlogits: &mut [f32], logits: &[f32], v: usize, targets: 
         |((d, row), (&t, &c))| match target_of(t, v) {
             Some(t) if c != 0.0 => {
                 // One pass of exponentials: d = exp(x - max), then scale by -c / Σ.
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                d.iter_mut().zip(row).for_each(|(o, &x)| *o = x - max);
-                super::exp_inplace(d);
-                let k = -c / d.iter().sum::<f32>();
-                d.iter_mut().for_each(|x| *x *= k);
+                let max = super::lane_max(row);
+                let k = -c / shifted_exp_sum(d, row, max);
+                scale_slice(d, k);
                 d[t] += c;
             }
             _ => d.fill(0.0),

@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use super::simd_kernel;
+
 /// Rows per block in the weight-gradient reduction; fixed so results are thread-independent.
 const DW_BLOCK: usize = 64;
 
@@ -29,13 +31,7 @@ pub fn rmsnorm_ref(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
 /// Fast forward: rows in parallel. y and x are (N, D), rstd is (N).
 pub fn rmsnorm(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
-    y.par_chunks_mut(d).zip(rstd.par_iter_mut()).zip(x.par_chunks(d)).for_each(|((yr, r), xr)| {
-        let ms = super::dot(xr, xr) / d as f32;
-        *r = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &wc) in yr.iter_mut().zip(xr).zip(w) {
-            *o = v * *r * wc;
-        }
-    });
+    y.par_chunks_mut(d).zip(rstd.par_iter_mut()).zip(x.par_chunks(d)).for_each(|((yr, r), xr)| *r = rmsnorm_row(yr, xr, w, eps));
 }
 
 /// Reference backward: returns (dx, dw) for dy (N, D).
@@ -60,16 +56,7 @@ pub fn rmsnorm_backward_ref(dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32]) -> (
 pub fn rmsnorm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32]) {
     let d = w.len();
     dx.par_chunks_mut(d).zip(dy.par_chunks(d)).zip(x.par_chunks(d)).zip(rstd.par_iter()).for_each(
-        |(((dxr, dyr), xr), &r)| {
-            let mut gx = 0.0f32;
-            for c in 0..d {
-                gx += dyr[c] * w[c] * xr[c];
-            }
-            let k = r * r * gx / d as f32;
-            for c in 0..d {
-                dxr[c] += r * (dyr[c] * w[c] - xr[c] * k);
-            }
-        },
+        |(((dxr, dyr), xr), &r)| rmsnorm_backward_row(dxr, dyr, xr, w, r),
     );
     let partials: Vec<Vec<f32>> = dy
         .par_chunks(d * DW_BLOCK)
@@ -77,17 +64,52 @@ pub fn rmsnorm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w
         .zip(rstd.par_chunks(DW_BLOCK))
         .map(|((dyb, xb), rb)| {
             let mut p = vec![0.0f32; d];
-            for ((dyr, xr), &r) in dyb.chunks(d).zip(xb.chunks(d)).zip(rb) {
-                for c in 0..d {
-                    p[c] += dyr[c] * xr[c] * r;
-                }
-            }
+            rmsnorm_dw_block(&mut p, dyb, xb, rb);
             p
         })
         .collect();
     for p in partials {
         for (a, b) in dw.iter_mut().zip(p) {
             *a += b;
+        }
+    }
+}
+
+simd_kernel! {
+    /// One row of [`rmsnorm`]: writes y, returns rstd.
+    fn rmsnorm_row(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) -> f32 {
+        let ms = super::dot_plain(x, x) / w.len() as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &wc) in y.iter_mut().zip(x).zip(w) {
+            *o = v * r * wc;
+        }
+        r
+    }
+}
+
+simd_kernel! {
+    /// One row of [`rmsnorm_backward`]'s dx (accumulating).
+    fn rmsnorm_backward_row(dx: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], r: f32) {
+        let d = w.len().min(dx.len()).min(dy.len()).min(x.len());
+        let mut gx = 0.0f32;
+        for c in 0..d {
+            gx += dy[c] * w[c] * x[c];
+        }
+        let k = r * r * gx / w.len() as f32;
+        for c in 0..d {
+            dx[c] += r * (dy[c] * w[c] - x[c] * k);
+        }
+    }
+}
+
+simd_kernel! {
+    /// One block of rows of [`rmsnorm_backward`]'s dw: `p += Σ_rows dy * x * rstd`.
+    fn rmsnorm_dw_block(p: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32]) {
+        let d = p.len();
+        for ((dyr, xr), &r) in dy.chunks(d).zip(x.chunks(d)).zip(rstd) {
+            for c in 0..d.min(dyr.len()).min(xr.len()) {
+                p[c] += dyr[c] * xr[c] * r;
+            }
         }
     }
 }

@@ -4,13 +4,29 @@
 
 use rayon::prelude::*;
 
+use super::{sigmoid_one, simd_kernel};
+
 const CHUNK: usize = 4096;
 
-/// sigmoid(g) for a chunk, into `s`, with the vectorised exponential.
-fn sigmoid_into(s: &mut [f32], g: &[f32]) {
-    s.iter_mut().zip(g).for_each(|(o, &x)| *o = -x);
-    super::exp_inplace(s);
-    s.iter_mut().for_each(|e| *e = 1.0 / (1.0 + *e));
+simd_kernel! {
+    /// `a = silu(g) * u` over one chunk (the sigmoid from [`super::exp_one`]).
+    fn swiglu_chunk(a: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, &x), &up) in a.iter_mut().zip(g).zip(u) {
+            *o = sigmoid_one(x) * (x * up);
+        }
+    }
+}
+
+simd_kernel! {
+    /// The backward of [`swiglu_chunk`]: writes dg and du.
+    fn swiglu_backward_chunk(dg: &mut [f32], du: &mut [f32], da: &[f32], g: &[f32], u: &[f32]) {
+        for i in 0..dg.len().min(du.len()).min(da.len()).min(g.len()).min(u.len()) {
+            let (x, d) = (g[i], da[i]);
+            let s = sigmoid_one(x);
+            du[i] = d * x * s;
+            dg[i] = d * u[i] * s * (1.0 + x * (1.0 - s));
+        }
+    }
 }
 
 /// Reference forward in f64.
@@ -23,12 +39,7 @@ pub fn swiglu_ref(g: &[f32], u: &[f32]) -> Vec<f32> {
 
 /// Fast forward into `a`.
 pub fn swiglu(a: &mut [f32], g: &[f32], u: &[f32]) {
-    a.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((a, g), u)| {
-        sigmoid_into(a, g);
-        for i in 0..a.len() {
-            a[i] *= g[i] * u[i];
-        }
-    });
+    a.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((a, g), u)| swiglu_chunk(a, g, u));
 }
 
 /// Reference backward: returns (dg, du).
@@ -50,25 +61,14 @@ pub fn swiglu_backward(dg: &mut [f32], du: &mut [f32], da: &[f32], g: &[f32], u:
         .zip(du.par_chunks_mut(CHUNK))
         .zip(da.par_chunks(CHUNK))
         .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-        .for_each(|(((dg, du), da), (g, u))| {
-            // dg holds sigmoid(g) until it is overwritten element by element.
-            sigmoid_into(dg, g);
-            for i in 0..dg.len() {
-                let s = dg[i];
-                du[i] = da[i] * g[i] * s;
-                dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            }
-        });
+        .for_each(|(((dg, du), da), (g, u))| swiglu_backward_chunk(dg, du, da, g, u));
 }
 
 /// [`swiglu`] on the fused gate/up product: gu (N, 2F) holds [g | u] per row; a is (N, F).
 pub fn swiglu_packed(a: &mut [f32], gu: &[f32], f: usize) {
     a.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).for_each(|(a, gu)| {
         let (g, u) = gu.split_at(f);
-        sigmoid_into(a, g);
-        for i in 0..f {
-            a[i] *= g[i] * u[i];
-        }
+        swiglu_chunk(a, g, u);
     });
 }
 
@@ -77,11 +77,6 @@ pub fn swiglu_backward_packed(dgu: &mut [f32], da: &[f32], gu: &[f32], f: usize)
     dgu.par_chunks_mut(2 * f).zip(da.par_chunks(f)).zip(gu.par_chunks(2 * f)).for_each(|((dgu, da), gu)| {
         let (dg, du) = dgu.split_at_mut(f);
         let (g, u) = gu.split_at(f);
-        sigmoid_into(dg, g);
-        for i in 0..f {
-            let s = dg[i];
-            du[i] = da[i] * g[i] * s;
-            dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-        }
+        swiglu_backward_chunk(dg, du, da, g, u);
     });
 }
