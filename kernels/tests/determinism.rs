@@ -2,7 +2,7 @@
 //! steps with gradient accumulation and clipping, whether the step runs on 1, 2 or 3 threads.
 //! Also: gradient accumulation over micro-batches equals one big batch (to rounding), the
 //! optimiser state round-trips through tensors, and a few steps lower the loss (LM and
-//! pairwise reward).
+//! pairwise reward), and the baseline and AVX2 builds of the elementwise kernels agree.
 
 use kernels::config::{Head, LlamaConfig};
 use kernels::model::{Grads, Llama};
@@ -75,6 +75,22 @@ fn same_seed_bit_identical_weights_on_1_2_and_3_threads() {
         assert!(bits(&m1) == bits(&m3), "{} differs between 1 and 3 threads", s.name);
     }
     assert_ne!(m1.params(), Llama::new_random(config(Head::LanguageModel), 42).params(), "training moved the weights");
+}
+
+/// The elementwise kernels have a baseline and an AVX2+FMA version (`simd_kernel!`): both give
+/// the same bits, so a run does not depend on the CPU it ran on. (On a CPU without AVX2 both
+/// runs take the baseline and the test holds trivially.)
+#[test]
+fn baseline_and_avx2_kernels_train_bit_identically() {
+    kernels::ops::force_baseline_kernels(true);
+    let (base, lb) = train(2, 3);
+    kernels::ops::force_baseline_kernels(false);
+    let (fast, lf) = train(2, 3);
+    assert_eq!(lb, lf, "losses differ between the baseline and AVX2 kernels");
+    for (i, s) in base.specs().iter().enumerate() {
+        let bits = |m: &Llama| m.params()[i].iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&base) == bits(&fast), "{} differs between the baseline and AVX2 kernels", s.name);
+    }
 }
 
 /// Row shards inside a step: the result depends on the shard count only, not on the threads,

@@ -90,12 +90,22 @@ pub(crate) fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the [`simd_kernel!`] kernels run their baseline versions even on AVX2 CPUs (for the
+/// test that both versions agree bit for bit; results are the same either way).
+pub fn force_baseline_kernels(on: bool) {
+    BASELINE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether the CPU has AVX2 and FMA (detected once; `is_x86_feature_detected` caches it).
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        !BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
