@@ -11,7 +11,7 @@
 use crate::config::Head;
 use crate::model::{self, Llama, ModelError};
 use crate::ops::attention::AttnShape;
-use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, dot_fast, linear_few_rows, linear_few_rows_many, matmul, to_bf16_bits};
+use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, to_bf16_bits};
 use crate::ops::{embedding, norm, rope, swiglu};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -82,6 +82,53 @@ impl KvCache {
     pub fn new(layers: usize) -> KvCache {
         KvCache { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers], len: 0 }
     }
+
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (k, v) in self.k.iter_mut().zip(&mut self.v) {
+            let width = k.len() / self.len;
+            k.truncate(len * width);
+            v.truncate(len * width);
+        }
+        self.len = len;
+    }
+}
+
+/// One row's decoding state kept between generation calls: its KV cache and the tokens the
+/// cache holds. A prompt that extends what the cache holds (the next turn of a dialogue: the
+/// previous prompt, its answer, the new user message) runs only its new tokens; a prompt that
+/// departs from it keeps the common prefix. The logits are those of a fresh prefill up to
+/// rounding: the cached positions were computed one token at a time, a fresh prefill computes
+/// them in one product (both deterministic, neither depends on the other rows).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    cache: Option<KvCache>,
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    /// The tokens whose keys and values are cached.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Makes the cache hold the longest prefix of `prompt` it already has, short of the last
+    /// token (whose logits the caller needs); returns how many tokens are reused.
+    fn reuse_prefix(&mut self, prompt: &[u32], layers: usize) -> usize {
+        let cache = self.cache.get_or_insert_with(|| KvCache::new(layers));
+        if cache.k.len() != layers {
+            *cache = KvCache::new(layers);
+            self.tokens.clear();
+        }
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = common.min(prompt.len().saturating_sub(1));
+        cache.truncate(keep);
+        self.tokens.truncate(keep);
+        keep
+    }
 }
 
 /// Each `y (n, dout) = x (n, din) @ Wᵀ` of one input, choosing gemm for many f32 rows and
@@ -97,6 +144,27 @@ fn project(x: &[f32], n: usize, din: usize, outs: &mut [FewRows<'_>]) {
     }
 }
 
+crate::ops::simd_kernel! {
+    /// `scores[j] = (q · k_j) · scale` for the cached keys k_j = `kc[j·kw..][cols]`.
+    fn head_scores(scores: &mut [f32], q: &[f32], kc: &[f32], kw: usize, cols: std::ops::Range<usize>, scale: f32) {
+        for (s, k) in scores.iter_mut().zip(kc.chunks_exact(kw)) {
+            *s = crate::ops::dot_plain(q, &k[cols.clone()]) * scale;
+        }
+    }
+}
+
+crate::ops::simd_kernel! {
+    /// `o += Σ_j (e_j / z) · v_j` over the cached values v_j = `vc[j·kw..][cols]`, in order of j.
+    fn head_mix(o: &mut [f32], e: &[f32], z: f32, vc: &[f32], kw: usize, cols: std::ops::Range<usize>) {
+        for (&ej, v) in e.iter().zip(vc.chunks_exact(kw)) {
+            let p = ej / z;
+            for (a, b) in o.iter_mut().zip(&v[cols.clone()]) {
+                *a += p * b;
+            }
+        }
+    }
+}
+
 /// Attention of `t_new` new tokens (q: (t_new, Hq·hd)) of one row against its whole cache
 /// (keys and values (len, Hkv·hd), the new tokens last), causally.
 fn cached_attention(q: &[f32], kc: &[f32], vc: &[f32], len: usize, sh: AttnShape) -> Vec<f32> {
@@ -106,30 +174,18 @@ fn cached_attention(q: &[f32], kc: &[f32], vc: &[f32], len: usize, sh: AttnShape
     let scale = 1.0 / (hd as f32).sqrt();
     let group = sh.heads / sh.kv_heads;
     let mut out = vec![0.0f32; q.len()];
-    let mut scores = vec![0.0f32; len];
+    let (mut scores, mut exps) = (vec![0.0f32; len], vec![0.0f32; len]);
     for i in 0..t_new {
         let visible = p0 + i + 1;
         for h in 0..sh.heads {
             let kh = h / group;
             let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..visible {
-                let s = dot_fast(qi, &kc[j * kw + kh * hd..j * kw + (kh + 1) * hd]) * scale;
-                scores[j] = s;
-                max = max.max(s);
-            }
-            let mut z = 0.0;
-            for s in &mut scores[..visible] {
-                *s = (*s - max).exp();
-                z += *s;
-            }
-            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for j in 0..visible {
-                let p = scores[j] / z;
-                for (a, b) in o.iter_mut().zip(&vc[j * kw + kh * hd..j * kw + (kh + 1) * hd]) {
-                    *a += p * b;
-                }
-            }
+            let cols = kh * hd..(kh + 1) * hd;
+            head_scores(&mut scores[..visible], qi, &kc[..visible * kw], kw, cols.clone(), scale);
+            let max = crate::ops::lane_max(&scores[..visible]);
+            let (e, s) = (&mut exps[..visible], &scores[..visible]);
+            let z = crate::ops::exp_shifted_sum(e, s, max);
+            head_mix(&mut out[i * qw + h * hd..i * qw + (h + 1) * hd], &exps[..visible], z, &vc[..visible * kw], kw, cols);
         }
     }
     out
@@ -260,27 +316,45 @@ pub fn generate(model: &Llama, prompts: &[Vec<u32>], params: &SamplingParams, eo
 /// [`generate`] with chosen weights and row ids: row r samples from (seed, row_ids[r]), so a
 /// caller can key each row's randomness by its content (for memo tables and re-runs).
 pub fn generate_with(dw: &DecodeWeights<'_>, prompts: &[Vec<u32>], row_ids: &[u64], params: &SamplingParams, eos: &[u32]) -> Result<Vec<Vec<u32>>, ModelError> {
+    let mut sessions = vec![Session::default(); prompts.len()];
+    generate_in_sessions(dw, &mut sessions, prompts, row_ids, params, eos)
+}
+
+/// [`generate_with`] continuing one [`Session`] per row: each row runs only the part of its
+/// prompt its session does not hold yet, and afterwards the session holds the prompt and
+/// the new tokens fed back (all but the last). Multi-turn rollouts keep a session per
+/// dialogue, so turn t does not run turns 1..t-1 again.
+pub fn generate_in_sessions(
+    dw: &DecodeWeights<'_>, sessions: &mut [Session], prompts: &[Vec<u32>], row_ids: &[u64], params: &SamplingParams, eos: &[u32],
+) -> Result<Vec<Vec<u32>>, ModelError> {
     if dw.model.config.head != Head::LanguageModel {
         return Err(ModelError::WrongHead { op: "generate", needed: "language-model" });
     }
     if row_ids.len() != prompts.len() {
         return Err(ModelError::RowCount { op: "generate (row ids)", expected: prompts.len(), got: row_ids.len() });
     }
+    if sessions.len() != prompts.len() {
+        return Err(ModelError::RowCount { op: "generate (sessions)", expected: prompts.len(), got: sessions.len() });
+    }
     if !(params.top_p > 0.0) || params.temperature.is_nan() {
         return Err(ModelError::Invalid { op: "generate", message: format!("top_p must be in (0, 1] and temperature >= 0 (got {}, {})", params.top_p, params.temperature) });
     }
     let layers = dw.model.config.num_hidden_layers;
-    let mut caches: Vec<KvCache> = prompts.iter().map(|_| KvCache::new(layers)).collect();
     let mut rngs: Vec<Rng> = row_ids.iter().map(|&id| Rng::stream(params.seed, id)).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     if params.max_new_tokens == 0 {
         return Ok(out);
     }
-    // Prefill each prompt on its own and sample its first new token.
+    // Prefill each prompt on its own (what its session lacks) and sample its first new token.
     let mut next = vec![0u32; prompts.len()];
-    for (r, p) in prompts.iter().enumerate() {
-        let logits = forward_cached(dw, &[p.as_slice()], &mut [&mut caches[r]])
-            .map_err(|e| renumber(e, r))?;
+    for (r, (p, session)) in prompts.iter().zip(sessions.iter_mut()).enumerate() {
+        if p.is_empty() {
+            return Err(ModelError::EmptyRow { row: r });
+        }
+        let keep = session.reuse_prefix(p, layers);
+        let cache = session.cache.as_mut().expect("reuse_prefix made the cache");
+        let logits = forward_cached(dw, &[&p[keep..]], &mut [cache]).map_err(|e| renumber(e, r))?;
+        session.tokens.extend_from_slice(&p[keep..]);
         next[r] = sample(&logits[0], params, &mut rngs[r]);
     }
     let mut active: Vec<usize> = (0..prompts.len()).collect();
@@ -295,12 +369,13 @@ pub fn generate_with(dw: &DecodeWeights<'_>, prompts: &[Vec<u32>], row_ids: &[u6
         let toks: Vec<[u32; 1]> = active.iter().map(|&r| [next[r]]).collect();
         let new: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
         let mut cache_refs: Vec<&mut KvCache> = Vec::with_capacity(active.len());
-        let mut rest: &mut [KvCache] = &mut caches;
+        let mut rest: &mut [Session] = sessions;
         let mut base = 0;
         for &r in &active {
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(r - base);
             let (this, tail) = tail.split_first_mut().expect("active row in range");
-            cache_refs.push(this);
+            this.tokens.push(next[r]);
+            cache_refs.push(this.cache.as_mut().expect("prefilled above"));
             rest = tail;
             base = r + 1;
         }

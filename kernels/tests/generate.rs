@@ -1,10 +1,12 @@
 //! Generation computed two ways: batched equals row by row (greedy and sampled, with each
 //! row's random stream keyed by its row id), and greedy decoding with the KV cache equals the
 //! argmax of a full forward recomputation at every step. Also EOS stops, token caps, top-p
-//! edge cases, seeds, errors, and the bf16-weight option staying close to f32.
+//! edge cases, seeds, errors, the bf16-weight option staying close to f32, and sessions (a
+//! prompt that extends an earlier prompt and its answer runs only its new tokens) giving what
+//! a fresh prefill gives.
 
 use kernels::config::{Head, LlamaConfig};
-use kernels::generate::{DecodeWeights, KvCache, SamplingParams, WeightPrecision, argmax, forward_cached, generate, generate_with};
+use kernels::generate::{DecodeWeights, KvCache, SamplingParams, Session, WeightPrecision, argmax, forward_cached, generate, generate_in_sessions, generate_with};
 use kernels::model::Llama;
 
 fn model() -> Llama {
@@ -110,4 +112,34 @@ fn bf16_weights_stay_close_to_f32() {
     let lb = forward_cached(&b, &[&p], &mut [&mut KvCache::new(2)]).unwrap().remove(0);
     let scale = lf.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     kernels::ops::check_close("bf16 logits", &lb, &lf, 0.03 * scale, 0.0).unwrap();
+}
+
+/// Two "turns" per row in one session each: the second prompt is the first prompt, its
+/// answer and more tokens. The session runs only the new tokens and gives the tokens a fresh
+/// generation from the whole second prompt gives; a prompt that departs from the session
+/// keeps the common prefix only.
+#[test]
+fn sessions_continue_like_fresh_prefills() {
+    let m = model();
+    let dw = DecodeWeights::new(&m, WeightPrecision::F32);
+    let ps = prompts();
+    let ids: Vec<u64> = (0..ps.len() as u64).collect();
+    for params in [greedy(6), SamplingParams { max_new_tokens: 6, temperature: 0.9, top_p: 0.95, seed: 5 }] {
+        let mut sessions = vec![Session::default(); ps.len()];
+        let first = generate_in_sessions(&dw, &mut sessions, &ps, &ids, &params, &[]).unwrap();
+        assert_eq!(first, generate_with(&dw, &ps, &ids, &params, &[]).unwrap(), "a fresh session is a plain generation");
+        for ((s, p), out) in sessions.iter().zip(&ps).zip(&first) {
+            let fed: Vec<u32> = p.iter().chain(&out[..out.len() - 1]).copied().collect();
+            assert_eq!(s.cached_tokens(), fed.as_slice(), "the session holds the prompt and the answer fed back");
+        }
+        let second: Vec<Vec<u32>> = ps.iter().zip(&first).map(|(p, out)| p.iter().chain(out).chain(&[7, 8]).copied().collect()).collect();
+        let continued = generate_in_sessions(&dw, &mut sessions, &second, &ids, &params, &[]).unwrap();
+        assert_eq!(continued, generate_with(&dw, &second, &ids, &params, &[]).unwrap(), "{params:?}");
+        // A third prompt sharing only the first two tokens of row 2's history.
+        let departed = vec![ps[2][0], ps[2][1], 33, 34];
+        let mut one = vec![sessions[2].clone()];
+        let got = generate_in_sessions(&dw, &mut one, &[departed.clone()], &[ids[2]], &params, &[]).unwrap();
+        assert_eq!(got, generate_with(&dw, &[departed.clone()], &[ids[2]], &params, &[]).unwrap());
+        assert_eq!(&one[0].cached_tokens()[..departed.len()], departed.as_slice());
+    }
 }

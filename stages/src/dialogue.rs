@@ -4,7 +4,7 @@
 //! does not depend on the batch it was generated in.
 
 use kernels::chat::{ChatTemplate, Message};
-use kernels::generate::{generate_with, DecodeWeights, SamplingParams, WeightPrecision};
+use kernels::generate::{generate_in_sessions, DecodeWeights, SamplingParams, Session, WeightPrecision};
 use kernels::model::Llama;
 use kernels::tokenizer::Tokenizer;
 
@@ -79,6 +79,9 @@ impl Roller<'_> {
         let mut out: Vec<Vec<Turn>> = convos.iter().map(|c| Vec::with_capacity(c.users.len())).collect();
         let max_turns = convos.iter().map(|c| c.users.len()).max().unwrap_or(0);
         let params = SamplingParams { max_new_tokens: self.max_new_tokens, temperature: self.temperature, top_p: self.top_p, seed: GENERATION_SEED };
+        // One decoding session per dialogue: turn t runs only the previous answer's end and
+        // the new user turn, not turns 1..t-1 again (a windowed prompt keeps what it shares).
+        let mut sessions = vec![Session::default(); convos.len()];
         for t in 0..max_turns {
             let active: Vec<usize> = (0..convos.len()).filter(|&i| convos[i].users.len() > t).collect();
             let mut prompts = Vec::with_capacity(active.len());
@@ -116,7 +119,12 @@ impl Roller<'_> {
                 drops.push(dropped);
                 streams.push(turn_stream(c.seed, t));
             }
-            let generated = generate_with(&dw, &prompts, &streams, &params, self.stop).map_err(|e| StageError::wrap("generating", e))?;
+            let mut turn_sessions: Vec<Session> = active.iter().map(|&i| std::mem::take(&mut sessions[i])).collect();
+            let generated = generate_in_sessions(&dw, &mut turn_sessions, &prompts, &streams, &params, self.stop)
+                .map_err(|e| StageError::wrap("generating", e))?;
+            for (&i, session) in active.iter().zip(turn_sessions) {
+                sessions[i] = session;
+            }
             for (((&i, ids), prompt), &dropped_turns) in active.iter().zip(generated).zip(&prompts).zip(&drops) {
                 let eos = ids.last().is_some_and(|x| self.stop.contains(x));
                 let text = self.tok.decode(&ids, true).map_err(|e| StageError::Row { key: convos[i].key.clone(), message: e.to_string() })?;

@@ -27,26 +27,16 @@ pub fn token_logprobs_ref(logits: &[f32], v: usize, targets: &[i32]) -> Vec<f32>
 }
 
 /// log Σ exp(row), in f32 with the max subtracted; exponentials and their sum in blocks of
-/// 256 through the vectorised [`shifted_exp_sum`].
+/// 256 through the vectorised [`super::exp_shifted_sum`].
 fn logsumexp(row: &[f32]) -> f32 {
     let max = super::lane_max(row);
     let mut buf = [0.0f32; 256];
     let mut sum = 0.0f32;
     for chunk in row.chunks(256) {
         let b = &mut buf[..chunk.len()];
-        sum += shifted_exp_sum(b, chunk, max);
+        sum += super::exp_shifted_sum(b, chunk, max);
     }
     max + sum.ln()
-}
-
-super::simd_kernel! {
-    /// `out = exp(x - shift)` elementwise; returns the sum of `out` (in 16 lanes).
-    fn shifted_exp_sum(out: &mut [f32], x: &[f32], shift: f32) -> f32 {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = super::exp_one(v - shift);
-        }
-        super::lane_sum(out)
-    }
 }
 
 super::simd_kernel! {
@@ -89,7 +79,7 @@ pub fn logprob_backward(dlogits: &mut [f32], logits: &[f32], v: usize, targets: 
             Some(t) if c != 0.0 => {
                 // One pass of exponentials: d = exp(x - max), then scale by -c / Σ.
                 let max = super::lane_max(row);
-                let k = -c / shifted_exp_sum(d, row, max);
+                let k = -c / super::exp_shifted_sum(d, row, max);
                 scale_slice(d, k);
                 d[t] += c;
             }

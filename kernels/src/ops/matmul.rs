@@ -356,24 +356,13 @@ impl WeightRef<'_> {
     }
 }
 
-/// Dot product dispatched to AVX2+FMA when the CPU has it (the crate is built for baseline
-/// x86-64, so the plain loop would only get SSE2).
-#[inline]
-pub fn dot_fast(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { dot_avx2(a, b) };
-        }
+super::simd_kernel! {
+    /// Dot product dispatched to AVX2+FMA when the CPU has it (the crate is built for baseline
+    /// x86-64, so the plain loop would only get SSE2).
+    #[inline]
+    pub fn dot_fast(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_plain(a, b)
     }
-    super::dot(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    super::dot_plain(a, b)
 }
 
 /// Dot product of f32 activations with bf16 weights: the portable fallback.

@@ -180,6 +180,17 @@ pub(crate) fn lane_max(x: &[f32]) -> f32 {
     acc.iter().fold(m, |a, &b| if b > a { b } else { a })
 }
 
+simd_kernel! {
+    /// `out = exp(x - shift)` elementwise with [`exp_one`]; returns the sum of `out` (in 16
+    /// lanes): the numerator and denominator of a softmax whose maximum is `shift`.
+    pub(crate) fn exp_shifted_sum(out: &mut [f32], x: &[f32], shift: f32) -> f32 {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = exp_one(v - shift);
+        }
+        lane_sum(out)
+    }
+}
+
 /// `1 / (1 + exp(-x))` with [`exp_one`]; branch-free, so loops over it vectorise.
 #[inline(always)]
 pub(crate) fn sigmoid_one(x: f32) -> f32 {
