@@ -144,24 +144,138 @@ fn project(x: &[f32], n: usize, din: usize, outs: &mut [FewRows<'_>]) {
     }
 }
 
-crate::ops::simd_kernel! {
-    /// `scores[j] = (q · k_j) · scale` for the cached keys k_j = `kc[j·kw..][cols]`.
-    fn head_scores(scores: &mut [f32], q: &[f32], kc: &[f32], kw: usize, cols: std::ops::Range<usize>, scale: f32) {
-        for (s, k) in scores.iter_mut().zip(kc.chunks_exact(kw)) {
-            *s = crate::ops::dot_plain(q, &k[cols.clone()]) * scale;
+/// Dot product in 8 lanes summed as a fixed tree: a head is short (32-128 values), so the
+/// 16-lane [`crate::ops::dot_plain`] would spend most of its time on the final sum. The AVX2
+/// kernel of [`head_scores`] does the same operations in the same order.
+#[inline(always)]
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut rest = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        rest += x * y;
+    }
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
         }
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + rest
+}
+
+/// `scores[j] = (q · k_j) · scale` for the cached keys k_j = `kc[j·kw..][cols]`.
+fn head_scores(scores: &mut [f32], q: &[f32], kc: &[f32], kw: usize, cols: std::ops::Range<usize>, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if q.len() == cols.len() && kc.len() >= scores.len() * kw && crate::ops::has_avx2_fma() {
+            // SAFETY: AVX2 is present (the kernels check the bounds).
+            match q.len() {
+                32 => return unsafe { head_scores_avx2::<4>(scores, q, kc, kw, cols.start, scale) },
+                64 => return unsafe { head_scores_avx2::<8>(scores, q, kc, kw, cols.start, scale) },
+                128 => return unsafe { head_scores_avx2::<16>(scores, q, kc, kw, cols.start, scale) },
+                _ => {}
+            }
+        }
+    }
+    for (s, k) in scores.iter_mut().zip(kc.chunks_exact(kw)) {
+        *s = dot8(q, &k[cols.clone()]) * scale;
     }
 }
 
-crate::ops::simd_kernel! {
-    /// `o += Σ_j (e_j / z) · v_j` over the cached values v_j = `vc[j·kw..][cols]`, in order of j.
-    fn head_mix(o: &mut [f32], e: &[f32], z: f32, vc: &[f32], kw: usize, cols: std::ops::Range<usize>) {
-        for (&ej, v) in e.iter().zip(vc.chunks_exact(kw)) {
-            let p = ej / z;
-            for (a, b) in o.iter_mut().zip(&v[cols.clone()]) {
-                *a += p * b;
+/// [`head_scores`] for a head of 8·N columns, four keys at a time: the same multiplies and
+/// adds as [`dot8`] in the same order (no FMA), so the scores are bit-identical to the plain
+/// loop; the four keys' final sums are done side by side after a 4×4 transpose.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn head_scores_avx2<const N: usize>(scores: &mut [f32], q: &[f32], kc: &[f32], kw: usize, col0: usize, scale: f32) {
+    use std::arch::x86_64::*;
+    assert!(q.len() == 8 * N && col0 + 8 * N <= kw && kc.len() >= scores.len() * kw);
+    let mut qv = [_mm256_setzero_ps(); N];
+    for (c, x) in qv.iter_mut().enumerate() {
+        // SAFETY: 8c + 8 <= q.len().
+        *x = unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * c)) };
+    }
+    // (a0+a4, a1+a5, a2+a6, a3+a7) of one key's 8 lanes.
+    let dot_halves = |row: usize| -> __m128 {
+        let mut acc = _mm256_setzero_ps();
+        for (c, x) in qv.iter().enumerate() {
+            // SAFETY: row < scores.len(), so row·kw + col0 + 8c + 8 <= kc.len() (asserted).
+            let y = unsafe { _mm256_loadu_ps(kc.as_ptr().add(row * kw + col0 + 8 * c)) };
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(*x, y));
+        }
+        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1))
+    };
+    let (zero, sc) = (_mm_setzero_ps(), _mm_set1_ps(scale));
+    let full = scores.len() / 4 * 4;
+    for j in (0..full).step_by(4) {
+        let (a, b, c, d) = (dot_halves(j), dot_halves(j + 1), dot_halves(j + 2), dot_halves(j + 3));
+        // Transpose: s_i holds lane i of the four keys.
+        let (ab_lo, ab_hi) = (_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b));
+        let (cd_lo, cd_hi) = (_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
+        let (s0, s1) = (_mm_movelh_ps(ab_lo, cd_lo), _mm_movehl_ps(cd_lo, ab_lo));
+        let (s2, s3) = (_mm_movelh_ps(ab_hi, cd_hi), _mm_movehl_ps(cd_hi, ab_hi));
+        // ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), + 0 (dot8's empty remainder), · scale.
+        let dot = _mm_add_ps(_mm_add_ps(_mm_add_ps(s0, s2), _mm_add_ps(s1, s3)), zero);
+        // SAFETY: j + 4 <= scores.len().
+        unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(j), _mm_mul_ps(dot, sc)) };
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(full) {
+        let h = dot_halves(j);
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let d = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+        *s = (d + 0.0) * scale;
+    }
+}
+
+/// `o = (Σ_j e_j · v_j) / z` over the cached values v_j = `vc[j·kw..][cols]`, in order of j.
+fn head_mix(o: &mut [f32], e: &[f32], z: f32, vc: &[f32], kw: usize, cols: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if o.len() == cols.len() && crate::ops::has_avx2_fma() {
+            // SAFETY: AVX2 is present (the kernels check the bounds).
+            match o.len() {
+                32 => return unsafe { head_mix_avx2::<4>(o, e, z, vc, kw, cols.start) },
+                64 => return unsafe { head_mix_avx2::<8>(o, e, z, vc, kw, cols.start) },
+                128 => return unsafe { head_mix_avx2::<16>(o, e, z, vc, kw, cols.start) },
+                _ => {}
             }
         }
+    }
+    for (&ej, v) in e.iter().zip(vc.chunks_exact(kw)) {
+        for (a, b) in o.iter_mut().zip(&v[cols.clone()]) {
+            *a += ej * b;
+        }
+    }
+    let inv = 1.0 / z;
+    for a in o.iter_mut() {
+        *a *= inv;
+    }
+}
+
+/// [`head_mix`] for a head of 8·N columns: the N column blocks' sums stay in registers while
+/// the keys stream by once, each column summed over j in order (bit-identical to the plain loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn head_mix_avx2<const N: usize>(o: &mut [f32], e: &[f32], z: f32, vc: &[f32], kw: usize, col0: usize) {
+    use std::arch::x86_64::*;
+    assert!(o.len() == 8 * N && col0 + 8 * N <= kw);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (c, a) in acc.iter_mut().enumerate() {
+        // SAFETY: 8c + 8 <= o.len().
+        *a = unsafe { _mm256_loadu_ps(o.as_ptr().add(8 * c)) };
+    }
+    for (&ej, v) in e.iter().zip(vc.chunks_exact(kw)) {
+        let w = _mm256_set1_ps(ej);
+        for (c, a) in acc.iter_mut().enumerate() {
+            // SAFETY: col0 + 8c + 8 <= kw = v.len() (asserted above).
+            let x = unsafe { _mm256_loadu_ps(v.as_ptr().add(col0 + 8 * c)) };
+            *a = _mm256_add_ps(*a, _mm256_mul_ps(w, x));
+        }
+    }
+    let inv = _mm256_set1_ps(1.0 / z);
+    for (c, a) in acc.iter().enumerate() {
+        // SAFETY: 8c + 8 <= o.len().
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * c), _mm256_mul_ps(*a, inv)) };
     }
 }
 

@@ -143,3 +143,29 @@ fn sessions_continue_like_fresh_prefills() {
         assert_eq!(&one[0].cached_tokens()[..departed.len()], departed.as_slice());
     }
 }
+
+/// Decode attention has AVX2 kernels for heads of 32, 64 and 128 values and a plain loop for
+/// the rest; both do the same operations in the same order, so tokens are the same on any CPU.
+#[test]
+fn baseline_and_avx2_decoding_agree_bit_for_bit() {
+    for head_dim in [32, 64] {
+        let c = LlamaConfig {
+            vocab_size: 61, hidden_size: 2 * head_dim, intermediate_size: 80, num_hidden_layers: 2, num_attention_heads: 2,
+            num_key_value_heads: 1, head_dim, rms_norm_eps: 1e-5, rope_theta: 10000.0, max_position_embeddings: 64,
+            tie_word_embeddings: true, bos_token_id: None, eos_token_ids: vec![], pad_token_id: None, head: Head::LanguageModel,
+        };
+        let mut m = Llama::new_random(c, 3);
+        m.params_mut().iter_mut().for_each(|p| p.iter_mut().for_each(|x| *x *= 20.0));
+        let dw = DecodeWeights::new(&m, WeightPrecision::F32);
+        let ids: Vec<u64> = (0..prompts().len() as u64).collect();
+        let params = SamplingParams { max_new_tokens: 20, temperature: 1.0, top_p: 1.0, seed: 9 };
+        let logits = |ps: &[u32]| forward_cached(&dw, &[ps], &mut [&mut KvCache::new(2)]).unwrap().remove(0);
+        kernels::ops::force_baseline_kernels(true);
+        let (base, base_logits) = (generate_with(&dw, &prompts(), &ids, &params, &[]).unwrap(), logits(&prompts()[2]));
+        kernels::ops::force_baseline_kernels(false);
+        let (fast, fast_logits) = (generate_with(&dw, &prompts(), &ids, &params, &[]).unwrap(), logits(&prompts()[2]));
+        assert_eq!(base, fast, "head_dim {head_dim}: tokens");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&base_logits), bits(&fast_logits), "head_dim {head_dim}: logits");
+    }
+}
