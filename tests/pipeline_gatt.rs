@@ -133,4 +133,31 @@ fn gatt_small_runs_and_reports_adherence_by_turn() {
     assert!(summary["window_examples"].as_u64().unwrap() > 0, "{summary}");
     assert!(summary["longest_example_tokens"].as_u64().unwrap() <= 192, "{summary}");
     assert!(summary["dialogue_examples"].as_u64().unwrap() == 32 + summary["window_examples"].as_u64().unwrap(), "{summary}");
+
+    // Slips: with `slip_share = 1` and every assistant turn scored, each dialogue whose sample
+    // broke the instruction before its last turn keeps exactly one such answer as it was, and
+    // that turn is not scored.
+    let slips = tmp.path().join("slips.toml");
+    std::fs::write(&slips, text.replace(old, "params = { slip_share = 1.0, loss_turns = \"all\", max_new_tokens = 12, seq_len = 1024,")).unwrap();
+    let run3 = run_json(tmp.path(), slips.to_str().unwrap(), ws.to_str().unwrap(), &[]);
+    let gatt3 = fingerprint(&run3, "gatt");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("artifacts").join(&gatt3).join("model").join("gatt_summary.json")).unwrap()).unwrap();
+    let slipped = summary["slipped_dialogues"].as_u64().unwrap();
+    assert!(slipped > 0, "the small model breaks its instruction early in some dialogue: {summary}");
+    let rows = table(&gatt3, "dialogues");
+    let msgs = datasets::table::messages_values(&rows, "messages", "dialogues").unwrap();
+    let ins = datasets::table::str_values(&rows, "instruction", "dialogues").unwrap();
+    let (mut broken_rows, mut answers) = (0, 0);
+    for (m, i) in msgs.iter().zip(ins) {
+        let ins = datasets::judge::Instruction::parse(i).unwrap();
+        let asst: Vec<&str> = m.iter().filter(|x| x.role == "assistant").map(|x| x.content.as_str()).collect();
+        let broken = asst.iter().filter(|a| !ins.holds(a)).count();
+        assert!(broken <= 1, "at most one slip per dialogue: {asst:?}");
+        assert!(ins.holds(asst[asst.len() - 1]), "the last turn is repaired: {asst:?}");
+        broken_rows += broken;
+        answers += asst.len();
+    }
+    assert_eq!(broken_rows as u64, slipped, "{summary}");
+    assert_eq!(summary["scored_dialogue_turns"].as_u64().unwrap(), answers as u64 - slipped, "{summary}");
 }

@@ -22,6 +22,8 @@
 //!    its EOS) is a target (`loss_turns = "last"`, default); the earlier turns are context
 //!    whose samples came from a different prompt (the instruction in every turn), so training
 //!    on them would teach a mismatch. `loss_turns = "all"` scores every assistant turn.
+//!    `slip_share` of the dialogues keep one earlier answer that broke the instruction as it
+//!    was sampled, unscored, so the turns after it learn to obey again after a slip.
 //!    A dialogue longer than `seq_len` leaves out its earliest turns after the first (which
 //!    carries the instruction); `gatt_summary.json` counts them (`windowed_dialogues`).
 //! 5. **Fine-tune** with the shared loop (`train::trainer`, the same parameters as `sft`), and
@@ -83,6 +85,7 @@ impl Stage for Gatt {
             ParamSpec::bool("repair", Some(true), "rewrite sampled answers that break the instruction so they obey (else drop dialogues whose final answer breaks it)"),
             ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
             ParamSpec::bool("window_examples", Some(false), "also train on the windowed prompts the evaluation builds: every assistant turn of a dialogue longer than seq_len whose prefix does not fit gets its own example (turn 1, which holds the instruction, plus the most recent turns that fit), scored on that turn only").added_later(),
+            ParamSpec::float("slip_share", 0.0, 1.0, Some(0.0), "share of the dialogues that keep one sampled answer that broke the instruction as it was (unscored context), so the turns after it learn to obey again after a slip; the turn is drawn per dialogue from its seed among the earlier turns whose sample broke the instruction").added_later(),
             ParamSpec::float("replay_share", 0.0, 0.95, Some(0.5), "with a `replay` table: its share of the scored assistant turns (each replayed chat scores one answer; a dialogue scores one turn with loss_turns = last, every turn with all); rows drawn in a seeded order, repeated if the table is smaller").added_later(),
         ]
         .into_iter()
@@ -107,6 +110,7 @@ impl Stage for Gatt {
             _ => return Err(StageError::Param { name: "loss_turns".into(), expected: "\"last\" or \"all\"".into() }),
         };
         let (repair, use_short) = (p.bool("repair")?, p.bool("short_form")?);
+        let slip_share = p.float("slip_share")?;
         let md = ModelDir::load(ctx.input("model")?).map_err(|e| StageError::wrap("loading input `model`", e))?;
         let stop = md.stop_ids();
         let tok = md.tokenizer.clone().ok_or_else(|| StageError::Message("input `model` has no tokenizer.json".into()))?;
@@ -147,6 +151,7 @@ impl Stage for Gatt {
         let mut windowed = 0usize;
         let window_examples = p.bool("window_examples")?;
         let mut window_extra = 0usize;
+        let mut slipped = 0usize;
         let mut examples = Vec::with_capacity(rows.len());
         for ((r, ins), turns) in rows.iter().zip(&instructions).zip(&sampled) {
             let held: Vec<bool> = turns.iter().map(|t| ins.holds(&t.text)).collect();
@@ -156,11 +161,12 @@ impl Stage for Gatt {
                 dropped += 1;
                 continue;
             }
+            let slip = slip_turn(ctx.seed, &r.id, &held, slip_share);
             let answers: Vec<String> = turns
                 .iter()
                 .enumerate()
                 .map(|(t, a)| {
-                    if repair {
+                    if repair && Some(t) != slip {
                         let j = r.judge(t).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
                         Ok(ins.enforce(&j.spec, &a.text))
                     } else {
@@ -188,13 +194,22 @@ impl Stage for Gatt {
             // carries the instruction), so the scored last turn keeps the instruction in view.
             let (messages, enc, dropped) = fit_window(&answers)?;
             windowed += (dropped > 0) as usize;
-            let mask = if last_only { last_run_only(&enc.assistant_mask) } else { enc.assistant_mask };
+            let mut mask = if last_only { last_run_only(&enc.assistant_mask) } else { enc.assistant_mask };
+            // The slipped answer stays as context only. Kept assistant turns are 0 and
+            // dropped+1.. in order, so turn t > dropped is the (t - dropped)-th run of the mask
+            // (with loss_turns = last only the final turn is scored, never a slip).
+            if let Some(t) = slip.filter(|&t| t == 0 || t > dropped) {
+                if !last_only {
+                    unscore_run(&mut mask, if t == 0 { 0 } else { t - dropped });
+                }
+                slipped += 1;
+            }
             examples.push(Example { ids: enc.ids, mask });
             if window_examples && dropped > 0 {
                 // The evaluation answers turn t of a long dialogue from a window: turn 1 plus the
                 // most recent turns that fit. Those prompts put the answer at the last positions
                 // with a gap after turn 1, unlike any prefix above; train on each of them.
-                for t in 1..answers.len() - 1 {
+                for t in (1..answers.len() - 1).filter(|&t| Some(t) != slip) {
                     let (_, enc, d) = fit_window(&answers[..=t])?;
                     if d > 0 {
                         examples.push(Example { ids: enc.ids, mask: last_run_only(&enc.assistant_mask) });
@@ -243,6 +258,7 @@ impl Stage for Gatt {
                 "longest_example_tokens": longest,
                 "dialogue_examples": dialogue_examples,
                 "scored_dialogue_turns": scored_turns,
+                "slipped_dialogues": slipped,
                 "replay_examples": replayed,
                 "windowed_dialogues": windowed,
                 "window_examples": window_extra,
@@ -300,6 +316,43 @@ fn training_messages(r: &DialogueRow, system: &str, answers: &[String], position
     m
 }
 
+/// The turn of a dialogue that keeps its sampled answer unrepaired (`slip_share`): drawn from
+/// the stage seed and the dialogue id, among the turns before the last whose sample broke the
+/// instruction; `None` for the other dialogues.
+fn slip_turn(stage_seed: u64, id: &str, held: &[bool], share: f64) -> Option<usize> {
+    if share <= 0.0 {
+        return None;
+    }
+    let seed = graph::fingerprint::derive_u64(&[b"gatt-slip", &stage_seed.to_le_bytes(), id.as_bytes()]);
+    let mut rng = kernels::rng::Rng::new(seed);
+    if rng.uniform() >= share {
+        return None;
+    }
+    let broke: Vec<usize> = held.iter().enumerate().take(held.len().saturating_sub(1)).filter(|(_, h)| !**h).map(|(t, _)| t).collect();
+    (!broke.is_empty()).then(|| broke[(rng.next_u64() % broke.len() as u64) as usize])
+}
+
+/// Clears the `k`-th run of `true` in a mask (0-based; no-op if there are fewer runs).
+fn unscore_run(mask: &mut [bool], k: usize) {
+    let mut run = 0;
+    let mut i = 0;
+    while i < mask.len() {
+        if mask[i] {
+            let start = i;
+            while i < mask.len() && mask[i] {
+                i += 1;
+            }
+            if run == k {
+                mask[start..i].iter_mut().for_each(|m| *m = false);
+                return;
+            }
+            run += 1;
+        } else {
+            i += 1;
+        }
+    }
+}
+
 /// The mask with only its last run of `true` kept (the final assistant turn and its EOS).
 pub(crate) fn last_run_only(mask: &[bool]) -> Vec<bool> {
     let mut out = vec![false; mask.len()];
@@ -341,6 +394,29 @@ fn rows_table(rows: &[TrainRow]) -> Result<RecordBatch, StageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unscore_run_clears_exactly_the_kth_run() {
+        let m = |s: &str| s.chars().map(|c| c == '1').collect::<Vec<bool>>();
+        // Runs at 1-2, 5-6 and 8.
+        for (k, want) in [(0, "0000011010"), (1, "0110000010"), (2, "0110011000"), (3, "0110011010")] {
+            let mut mask = m("0110011010");
+            unscore_run(&mut mask, k);
+            assert_eq!(mask, m(want), "run {k}");
+        }
+    }
+
+    #[test]
+    fn slip_turns_are_seeded_and_only_where_a_sample_broke_the_instruction() {
+        let held = [true, false, true, false, true, false];
+        let picks: Vec<Option<usize>> = (0..200).map(|i| slip_turn(7, &format!("d{i}"), &held, 0.5)).collect();
+        assert_eq!(picks, (0..200).map(|i| slip_turn(7, &format!("d{i}"), &held, 0.5)).collect::<Vec<_>>(), "seeded");
+        let some = picks.iter().flatten().count();
+        assert!((70..130).contains(&some), "about half the dialogues slip: {some}");
+        assert!(picks.iter().flatten().all(|&t| t == 1 || t == 3), "a broken turn before the last: {picks:?}");
+        assert_eq!(slip_turn(7, "d0", &held, 0.0), None);
+        assert_eq!(slip_turn(7, "d0", &[true, true, false], 1.0), None, "only the last turn broke");
+    }
 
     #[test]
     fn last_run_only_keeps_the_final_assistant_turn() {
