@@ -145,7 +145,10 @@ fn sessions_continue_like_fresh_prefills() {
 }
 
 /// Decode attention has AVX2 kernels for heads of 32, 64 and 128 values and a plain loop for
-/// the rest; both do the same operations in the same order, so tokens are the same on any CPU.
+/// the rest; both do the same operations in the same order, so forcing the plain loops
+/// (`force_baseline_kernels`) changes no bit. (The decode-time projections' AVX2+FMA kernels,
+/// `linear_few_rows`, are not under that switch: they fuse multiply-adds, so a CPU without
+/// AVX2 decodes with other roundings.)
 #[test]
 fn baseline_and_avx2_decoding_agree_bit_for_bit() {
     for head_dim in [32, 64] {

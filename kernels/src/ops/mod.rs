@@ -197,32 +197,17 @@ pub(crate) fn sigmoid_one(x: f32) -> f32 {
     1.0 / (1.0 + exp_one(-x))
 }
 
-/// `x ← exp(x)` for a slice, vectorised (AVX2+FMA when present): the Cephes single-precision
-/// method, `exp(x) = 2^n · exp(r)` with `n = round(x / ln 2)` and a degree-7 polynomial for
-/// `exp(r)` on |r| <= ln2/2 (relative error about 1e-7, like libm's expf, but 8 lanes at a
-/// time). Inputs are clamped to [-87.3, 88.3] (so 2^n stays a normal f32): very negative inputs give
-/// ~1e-38, not 0, and inputs past 88.3 give exp(88.3).
-pub fn exp_inplace(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected at run time.
-            return unsafe { exp_inplace_avx2(x) };
+simd_kernel! {
+    /// `x ← exp(x)` for a slice, vectorised (AVX2+FMA when present): the Cephes
+    /// single-precision method, `exp(x) = 2^n · exp(r)` with `n = round(x / ln 2)` and a
+    /// degree-7 polynomial for `exp(r)` on |r| <= ln2/2 (relative error about 1e-7, like libm's
+    /// expf, but 8 lanes at a time). Inputs are clamped to [-87.3, 88.3] (so 2^n stays a normal
+    /// f32): very negative inputs give ~1e-38, not 0, and inputs past 88.3 give exp(88.3). The
+    /// kernels fuse [`exp_one`] into their own loops; this is its slice form (and its test).
+    pub fn exp_inplace(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = exp_one(*v);
         }
-    }
-    exp_inplace_plain(x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_inplace_avx2(x: &mut [f32]) {
-    exp_inplace_plain(x)
-}
-
-#[inline(always)]
-fn exp_inplace_plain(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = exp_one(*v);
     }
 }
 
