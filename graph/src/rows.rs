@@ -296,8 +296,10 @@ pub fn compute_misses_shared(
         }
         rows_in.close();
         memo_in.close();
+        // Park between steps (at most 1 ms): a worker whose shard is done would otherwise
+        // spin on its channels and take a core from the workers still computing.
         while !probe.done() {
-            worker.step();
+            worker.step_or_park(Some(std::time::Duration::from_millis(1)));
         }
     })
     .map_err(|e| StageError::Message(format!("starting {workers} timely workers: {e}")))?;
