@@ -70,8 +70,9 @@ impl<'a> DecodeWeights<'a> {
     }
 }
 
-/// One row's KV cache: per layer, keys and values (len, Hkv·hd) after rotary.
-#[derive(Debug, Clone)]
+/// One row's KV cache: per layer, keys and values (len, Hkv·hd) after rotary. The default
+/// has no layers (a [`Session`] sizes it for its model on first use).
+#[derive(Debug, Clone, Default)]
 pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -105,7 +106,7 @@ impl KvCache {
 /// them in one product (both deterministic, neither depends on the other rows).
 #[derive(Debug, Clone, Default)]
 pub struct Session {
-    cache: Option<KvCache>,
+    cache: KvCache,
     tokens: Vec<u32>,
 }
 
@@ -118,14 +119,13 @@ impl Session {
     /// Makes the cache hold the longest prefix of `prompt` it already has, short of the last
     /// token (whose logits the caller needs); returns how many tokens are reused.
     fn reuse_prefix(&mut self, prompt: &[u32], layers: usize) -> usize {
-        let cache = self.cache.get_or_insert_with(|| KvCache::new(layers));
-        if cache.k.len() != layers {
-            *cache = KvCache::new(layers);
+        if self.cache.k.len() != layers {
+            self.cache = KvCache::new(layers);
             self.tokens.clear();
         }
         let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let keep = common.min(prompt.len().saturating_sub(1));
-        cache.truncate(keep);
+        self.cache.truncate(keep);
         self.tokens.truncate(keep);
         keep
     }
@@ -466,8 +466,7 @@ pub fn generate_in_sessions(
             return Err(ModelError::EmptyRow { row: r });
         }
         let keep = session.reuse_prefix(p, layers);
-        let cache = session.cache.as_mut().expect("reuse_prefix made the cache");
-        let logits = forward_cached(dw, &[&p[keep..]], &mut [cache]).map_err(|e| renumber(e, r))?;
+        let logits = forward_cached(dw, &[&p[keep..]], &mut [&mut session.cache]).map_err(|e| renumber(e, r))?;
         session.tokens.extend_from_slice(&p[keep..]);
         next[r] = sample(&logits[0], params, &mut rngs[r]);
     }
@@ -488,13 +487,14 @@ pub fn generate_in_sessions(
         for &r in &active {
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(r - base);
             let (this, tail) = tail.split_first_mut().expect("active row in range");
-            this.tokens.push(next[r]);
-            cache_refs.push(this.cache.as_mut().expect("prefilled above"));
+            cache_refs.push(&mut this.cache);
             rest = tail;
             base = r + 1;
         }
         let logits = forward_cached(dw, &new, &mut cache_refs)?;
+        // Only now do the caches hold the fed tokens (forward_cached checks before it writes).
         for (i, &r) in active.iter().enumerate() {
+            sessions[r].tokens.push(next[r]);
             next[r] = sample(&logits[i], params, &mut rngs[r]);
         }
     }

@@ -27,9 +27,13 @@ pub struct MmShape {
 }
 
 fn check_lens(c: &[f32], a: &[f32], b: &[f32], s: MmShape) {
-    // Callers inside the engine size buffers from the model's own shapes, so a mismatch here
-    // is a bug in the engine, not bad input.
     assert_eq!(c.len(), s.m * s.n, "matmul: C has {} elements, shape {s:?}", c.len());
+    check_operands(a, b, s);
+}
+
+/// Callers inside the engine size buffers from the model's own shapes, so a mismatch here
+/// is a bug in the engine, not bad input.
+fn check_operands(a: &[f32], b: &[f32], s: MmShape) {
     assert_eq!(a.len(), s.m * s.k, "matmul: A has {} elements, shape {s:?}", a.len());
     assert_eq!(b.len(), s.k * s.n, "matmul: B has {} elements, shape {s:?}", b.len());
 }
@@ -72,9 +76,8 @@ pub fn matmul(c: &mut [f32], a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape, a
 /// `C = op(A) @ op(B)` into a new buffer, which is not zero-filled first: the product writes
 /// every element of C without reading it. The same numbers as [`matmul`] without accumulation.
 pub fn matmul_new(a: &[f32], ta: Tr, b: &[f32], tb: Tr, s: MmShape) -> Vec<f32> {
+    check_operands(a, b, s);
     let MmShape { m, k, n } = s;
-    assert_eq!(a.len(), m * k, "matmul: A has {} elements, shape {s:?}", a.len());
-    assert_eq!(b.len(), k * n, "matmul: B has {} elements, shape {s:?}", b.len());
     if m == 0 || n == 0 || k == 0 {
         return vec![0.0; m * n];
     }
