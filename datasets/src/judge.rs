@@ -166,6 +166,22 @@ impl Instruction {
         }
     }
 
+    /// The one form of an obeying answer a dialogue can keep on every turn, whatever the
+    /// response was: for "at most five words" the canonical answer when it fits in five words
+    /// ("The answer is 12."), else the bare answer value ("1, 3, 7, 20.", "Paris."), so that
+    /// the short answers of a dialogue have the shape they have without the instruction
+    /// wherever they can, and never a hedge that happens to fit; `enforce` for the other
+    /// instructions (their repaired answers already have one shape).
+    pub fn uniform(self, spec: &JudgeSpec, response: &str) -> String {
+        match (self, answer_value(spec)) {
+            (Instruction::AtMostFiveWords, Some(v)) if (1..=5).contains(&v.split_whitespace().count()) => {
+                let canonical = canonical_answer(spec);
+                if canonical.split_whitespace().count() <= 5 { canonical } else { format!("{v}.") }
+            }
+            _ => self.enforce(spec, response),
+        }
+    }
+
     /// The long form, as a system message.
     pub fn long_form(self) -> &'static str {
         match self {

@@ -387,8 +387,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Draws the next token: greedy at temperature 0, else softmax(logits / T) restricted to the
-/// top-p nucleus (most likely first, ties by id), sampled with one uniform draw.
+/// Draws the next token: greedy at temperature 0, else softmax(logits / T) sampled with one
+/// uniform draw: over the whole vocabulary in id order at top_p 1 (plain sampling), else over
+/// the top-p nucleus, most likely first (ties by id).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.temperature <= 0.0 {
         return argmax(logits);
@@ -397,26 +398,60 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
     let mut probs: Vec<(f64, u32)> = logits.iter().enumerate().map(|(i, &x)| (((x as f64 - max) / t).exp(), i as u32)).collect();
     let z: f64 = probs.iter().map(|p| p.0).sum();
-    probs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let top_p = (params.top_p as f64).clamp(0.0, 1.0);
-    let mut kept = 0;
-    let mut cum = 0.0;
-    for (p, _) in &probs {
-        cum += p / z;
-        kept += 1;
-        if cum >= top_p {
-            break;
-        }
+    if top_p >= 1.0 {
+        return walk(&probs, rng.uniform() * z);
     }
+    // Most likely first, ties by id: a strict total order, so the `k` first of a full sort are
+    // the `k` largest, sorted. The nucleus of a trained model is a few dozen tokens of a
+    // vocabulary of thousands: order the largest PARTIAL first, and the whole vector only when
+    // their mass falls short of top_p. Same tokens as sorting everything (test).
+    let order = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    const PARTIAL: usize = 64;
+    let kept = match nucleus_within(&mut probs, z, top_p, PARTIAL, order) {
+        Some(kept) => kept,
+        None => {
+            probs.sort_unstable_by(order);
+            nucleus(&probs, z, top_p).unwrap_or(probs.len())
+        }
+    };
     let mass: f64 = probs[..kept].iter().map(|p| p.0).sum();
-    let mut u = rng.uniform() * mass;
-    for &(p, id) in &probs[..kept] {
+    walk(&probs[..kept], rng.uniform() * mass)
+}
+
+/// The token at which the running sum of `probs` (weights, in the order given) passes `u`.
+fn walk(probs: &[(f64, u32)], mut u: f64) -> u32 {
+    for &(p, id) in probs {
         if u < p {
             return id;
         }
         u -= p;
     }
-    probs[kept - 1].1
+    probs[probs.len() - 1].1
+}
+
+/// With `probs` sorted (most likely first): the nucleus length, the shortest prefix whose share
+/// of `z` reaches `top_p`; `None` if rounding leaves all of `probs` short of it.
+fn nucleus(probs: &[(f64, u32)], z: f64, top_p: f64) -> Option<usize> {
+    let mut cum = 0.0;
+    for (kept, (p, _)) in probs.iter().enumerate() {
+        cum += p / z;
+        if cum >= top_p {
+            return Some(kept + 1);
+        }
+    }
+    None
+}
+
+/// Moves the `k` first of `probs` under `order` to its front, sorted, and returns the nucleus
+/// length if it lies within them; `None` (the order of `probs` then unspecified) if not.
+fn nucleus_within(probs: &mut [(f64, u32)], z: f64, top_p: f64, k: usize, order: impl Fn(&(f64, u32), &(f64, u32)) -> std::cmp::Ordering) -> Option<usize> {
+    if probs.len() <= k {
+        return None;
+    }
+    probs.select_nth_unstable_by(k - 1, &order);
+    probs[..k].sort_unstable_by(&order);
+    nucleus(&probs[..k], z, top_p)
 }
 
 /// Batched generation with a KV cache. Row r draws its random numbers from (seed, r) only, so

@@ -3,10 +3,13 @@
 //! argmax of a full forward recomputation at every step. Also EOS stops, token caps, top-p
 //! edge cases, seeds, errors, the bf16-weight option staying close to f32, and sessions (a
 //! prompt that extends an earlier prompt and its answer runs only its new tokens) giving what
-//! a fresh prefill gives.
+//! a fresh prefill gives; and top-p sampling, which orders only the likeliest tokens when their
+//! mass suffices, equal to sorting the whole vocabulary (and plain sampling at top_p 1 to a walk in
+//! id order).
 
 use kernels::config::{Head, LlamaConfig};
-use kernels::generate::{DecodeWeights, KvCache, SamplingParams, Session, WeightPrecision, argmax, forward_cached, generate, generate_in_sessions, generate_with};
+use kernels::generate::{DecodeWeights, KvCache, SamplingParams, Session, WeightPrecision, argmax, forward_cached, generate, generate_in_sessions, generate_with, sample};
+use kernels::rng::Rng;
 use kernels::model::Llama;
 
 fn model() -> Llama {
@@ -171,5 +174,65 @@ fn baseline_and_avx2_decoding_agree_bit_for_bit() {
         assert_eq!(base, fast, "head_dim {head_dim}: tokens");
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&base_logits), bits(&fast_logits), "head_dim {head_dim}: logits");
+    }
+}
+
+/// The obvious sampler: plain (id order) at top_p 1, else sort the whole vocabulary and walk
+/// to top_p.
+fn sample_by_full_sort(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    let t = params.temperature as f64;
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let mut probs: Vec<(f64, u32)> = logits.iter().enumerate().map(|(i, &x)| (((x as f64 - max) / t).exp(), i as u32)).collect();
+    let z: f64 = probs.iter().map(|p| p.0).sum();
+    if params.top_p >= 1.0 {
+        let mut u = rng.uniform() * z;
+        for &(p, id) in &probs {
+            if u < p {
+                return id;
+            }
+            u -= p;
+        }
+        return probs[probs.len() - 1].1;
+    }
+    probs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let (mut kept, mut cum) = (0, 0.0);
+    for (p, _) in &probs {
+        cum += p / z;
+        kept += 1;
+        if cum >= params.top_p as f64 {
+            break;
+        }
+    }
+    let mass: f64 = probs[..kept].iter().map(|p| p.0).sum();
+    let mut u = rng.uniform() * mass;
+    for &(p, id) in &probs[..kept] {
+        if u < p {
+            return id;
+        }
+        u -= p;
+    }
+    probs[kept - 1].1
+}
+
+#[test]
+fn sampling_equals_the_obvious_sampler() {
+    // Peaked and flat distributions (nucleus inside and far outside the partial sort), ties,
+    // tiny vocabularies, and top_p at its ends.
+    let mut noise = Rng::new(11);
+    for case in 0..400 {
+        let vocab = [3, 50, 64, 65, 2000][case % 5];
+        let spread = [0.1f32, 1.0, 4.0, 12.0][case / 5 % 4];
+        let mut logits: Vec<f32> = (0..vocab).map(|_| (noise.uniform() as f32 - 0.5) * spread).collect();
+        if case % 7 == 0 {
+            for l in logits.iter_mut().step_by(3) {
+                *l = 1.0; // ties, broken by id
+            }
+        }
+        let top_p = [0.0f32, 0.5, 0.9, 0.99, 1.0][case / 20 % 5];
+        let params = SamplingParams { max_new_tokens: 1, temperature: [0.6f32, 1.0, 1.3][case % 3], top_p, seed: 0 };
+        let (mut a, mut b) = (Rng::new(case as u64), Rng::new(case as u64));
+        for draw in 0..20 {
+            assert_eq!(sample(&logits, &params, &mut a), sample_by_full_sort(&logits, &params, &mut b), "case {case} draw {draw}");
+        }
     }
 }

@@ -86,6 +86,7 @@ impl Stage for Gatt {
             ParamSpec::bool("short_form", Some(true), "use the row's system text (the short form in the rows the world drew it for); false = always the long form"),
             ParamSpec::bool("window_examples", Some(false), "also train on the windowed prompts the evaluation builds: every assistant turn of a dialogue longer than seq_len whose prefix does not fit gets its own example (turn 1, which holds the instruction, plus the most recent turns that fit), scored on that turn only").added_later(),
             ParamSpec::float("slip_share", 0.0, 1.0, Some(0.0), "share of the dialogues that keep one sampled answer that broke the instruction as it was (unscored context), so the turns after it learn to obey again after a slip; the turn is drawn per dialogue from its seed among the earlier turns whose sample broke the instruction").added_later(),
+            ParamSpec::bool("uniform_answers", Some(false), "with repair: rewrite every answer into the instruction's one obeying form (`Instruction::uniform`: the bare answer value under \"at most five words\"), also those that obeyed unaided, so that a dialogue's answers share one shape").added_later(),
             ParamSpec::float("replay_share", 0.0, 0.95, Some(0.5), "with a `replay` table: its share of the scored assistant turns (each replayed chat scores one answer; a dialogue scores one turn with loss_turns = last, every turn with all); rows drawn in a seeded order, repeated if the table is smaller").added_later(),
         ]
         .into_iter()
@@ -111,6 +112,7 @@ impl Stage for Gatt {
         };
         let (repair, use_short) = (p.bool("repair")?, p.bool("short_form")?);
         let slip_share = p.float("slip_share")?;
+        let uniform = p.bool("uniform_answers")?;
         let md = ModelDir::load(ctx.input("model")?).map_err(|e| StageError::wrap("loading input `model`", e))?;
         let stop = md.stop_ids();
         let tok = md.tokenizer.clone().ok_or_else(|| StageError::Message("input `model` has no tokenizer.json".into()))?;
@@ -168,7 +170,7 @@ impl Stage for Gatt {
                 .map(|(t, a)| {
                     if repair && Some(t) != slip {
                         let j = r.judge(t).map_err(|e| StageError::Row { key: r.id.clone(), message: e.to_string() })?;
-                        Ok(ins.enforce(&j.spec, &a.text))
+                        Ok(if uniform { ins.uniform(&j.spec, &a.text) } else { ins.enforce(&j.spec, &a.text) })
                     } else {
                         Ok(a.text.clone())
                     }
@@ -253,6 +255,7 @@ impl Stage for Gatt {
                 "sampled_turns_obeying": turns_held,
                 "sampled_adherence": if turns_total > 0 { Some(turns_held as f64 / turns_total as f64) } else { None },
                 "repair": repair,
+                "uniform_answers": uniform,
                 "instruction_position": position,
                 "loss_turns": if last_only { "last" } else { "all" },
                 "longest_example_tokens": longest,

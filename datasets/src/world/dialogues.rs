@@ -365,4 +365,28 @@ mod tests {
         assert_eq!(Instruction::AtMostFiveWords.enforce(&spec, &a), "1, 3, 7, 20.");
         assert_eq!(Instruction::StartWithArr.enforce(&spec, "Arr! x"), "Arr! x");
     }
+
+    #[test]
+    fn uniform_answers_have_one_shape_per_family() {
+        let sort = JudgeSpec::Sort { values: vec![7, 3, 1, 20], answer: vec![1, 3, 7, 20] };
+        let capital = JudgeSpec::Capital { country: "France".into(), answer: "Paris".into() };
+        let sum = JudgeSpec::Arithmetic { a: 5, b: 6, op: "+".into(), answer: 11 };
+        let five = Instruction::AtMostFiveWords;
+        // Whatever was sampled, obeying or not, right or wrong: the canonical answer when it
+        // fits in five words, else the bare value.
+        for sampled in ["Maybe 11.", "11.", "The answer is 12.", "Hmm, let me think. Maybe 11."] {
+            assert_eq!(five.uniform(&sum, sampled), "The answer is 11.");
+        }
+        for sampled in ["Maybe Paris.", "The capital of France is Paris.", "Rome."] {
+            assert_eq!(five.uniform(&capital, sampled), "Paris.");
+        }
+        assert_eq!(five.uniform(&sort, "The sorted numbers are 1, 3, 7, 20."), "1, 3, 7, 20.");
+        // Every family's uniform answer obeys; the other instructions repair as `enforce` does.
+        for spec in [&sort, &capital, &sum] {
+            assert!(five.holds(&five.uniform(spec, "x y z w v u")));
+            for ins in [Instruction::Capitals, Instruction::EndWithOver, Instruction::StartWithArr] {
+                assert_eq!(ins.uniform(spec, "Maybe Paris."), ins.enforce(spec, "Maybe Paris."));
+            }
+        }
+    }
 }
