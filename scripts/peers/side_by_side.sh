@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 BIN=${1:-target/release/alignflow}
 REPEATS=${2:-3}
 STEPS=${STEPS:-30}
-for preset in mini small; do
+for preset in ${PRESETS:-mini small}; do
   load0=$(cut -d' ' -f1 /proc/loadavg)
   af=(); pt=(); peak=()
   for _ in $(seq "$REPEATS"); do
