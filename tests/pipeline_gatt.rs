@@ -136,9 +136,9 @@ fn gatt_small_runs_and_reports_adherence_by_turn() {
 
     // Slips: with `slip_share = 1` and every assistant turn scored, each dialogue whose sample
     // broke the instruction before its last turn keeps exactly one such answer as it was, and
-    // that turn is not scored.
+    // that turn is not scored. Uniform answers in the same run: below.
     let slips = tmp.path().join("slips.toml");
-    std::fs::write(&slips, text.replace(old, "params = { slip_share = 1.0, loss_turns = \"all\", max_new_tokens = 12, seq_len = 1024,")).unwrap();
+    std::fs::write(&slips, text.replace(old, "params = { slip_share = 1.0, uniform_answers = true, loss_turns = \"all\", max_new_tokens = 12, seq_len = 1024,")).unwrap();
     let run3 = run_json(tmp.path(), slips.to_str().unwrap(), ws.to_str().unwrap(), &[]);
     let gatt3 = fingerprint(&run3, "gatt");
     let summary: serde_json::Value =
@@ -149,7 +149,7 @@ fn gatt_small_runs_and_reports_adherence_by_turn() {
     let msgs = datasets::table::messages_values(&rows, "messages", "dialogues").unwrap();
     let ins = datasets::table::str_values(&rows, "instruction", "dialogues").unwrap();
     let (mut broken_rows, mut answers) = (0, 0);
-    for (m, i) in msgs.iter().zip(ins) {
+    for (m, i) in msgs.iter().zip(&ins) {
         let ins = datasets::judge::Instruction::parse(i).unwrap();
         let asst: Vec<&str> = m.iter().filter(|x| x.role == "assistant").map(|x| x.content.as_str()).collect();
         let broken = asst.iter().filter(|a| !ins.holds(a)).count();
@@ -160,4 +160,30 @@ fn gatt_small_runs_and_reports_adherence_by_turn() {
     }
     assert_eq!(broken_rows as u64, slipped, "{summary}");
     assert_eq!(summary["scored_dialogue_turns"].as_u64().unwrap(), answers as u64 - slipped, "{summary}");
+
+    // Uniform answers: under "at most five words" every answer but a slip is the canonical answer
+    // when it fits in five words, else the bare value, whatever was sampled (no dialogue is
+    // windowed at seq_len 1024, so answer k is turn k of the world's row).
+    assert_eq!(summary["uniform_answers"], true, "{summary}");
+    assert_eq!(summary["windowed_dialogues"], 0, "{summary}");
+    let ids = datasets::table::str_values(&rows, "id", "dialogues").unwrap();
+    let world_rows = datasets::world::dialogue_rows(&table(&world, "gatt_dialogues"), "g").unwrap();
+    let mut five_words_answers = 0;
+    for ((m, i), id) in msgs.iter().zip(&ins).zip(ids) {
+        let ins = datasets::judge::Instruction::parse(i).unwrap();
+        if ins != datasets::judge::Instruction::AtMostFiveWords {
+            continue;
+        }
+        let row = world_rows.iter().find(|r| r.id == id).unwrap();
+        for (t, a) in m.iter().filter(|x| x.role == "assistant").enumerate() {
+            let spec = row.judge(t).unwrap().spec;
+            let canonical = datasets::judge::canonical_answer(&spec);
+            let expected = if canonical.split_whitespace().count() <= 5 { canonical } else { format!("{}.", datasets::judge::answer_value(&spec).unwrap()) };
+            if ins.holds(&a.content) {
+                assert_eq!(a.content, expected, "{id} turn {t}");
+                five_words_answers += 1;
+            }
+        }
+    }
+    assert!(five_words_answers > 20, "{five_words_answers}");
 }
