@@ -213,6 +213,41 @@ fn fit(lines: &[Line]) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
+/// Where the legend hides the least data: for each place plotters offers at the right and left
+/// edges (upper, middle, lower), the legend's box is estimated from the number of lines and the
+/// longest name (about 20 px a line, 7 px a character) and the points and segment midpoints it
+/// would cover are counted; the fewest wins, ties in the order upper right, middle right, lower
+/// right, then the same at the left.
+fn legend_place(x: &std::ops::Range<f64>, y: &std::ops::Range<f64>, lines: &[Line], plot_px: (u32, u32)) -> SeriesLabelPosition {
+    let (w, h) = (x.end - x.start, y.end - y.start);
+    let longest = lines.iter().map(|l| l.name.chars().count()).max().unwrap_or(0) as f64;
+    let box_w = ((longest * 7.0 + 40.0) / plot_px.0.max(1) as f64).min(1.0) * w;
+    let box_h = ((lines.len() as f64 * 20.0 + 12.0) / plot_px.1.max(1) as f64).min(1.0) * h;
+    let mut marks: Vec<(f64, f64)> = Vec::new();
+    for l in lines {
+        marks.extend(l.points.iter().copied());
+        marks.extend(l.points.windows(2).map(|p| ((p[0].0 + p[1].0) / 2.0, (p[0].1 + p[1].1) / 2.0)));
+    }
+    let mid = (y.start + y.end) / 2.0;
+    let places = [
+        (SeriesLabelPosition::UpperRight, true, y.end - box_h),
+        (SeriesLabelPosition::MiddleRight, true, mid - box_h / 2.0),
+        (SeriesLabelPosition::LowerRight, true, y.start),
+        (SeriesLabelPosition::UpperLeft, false, y.end - box_h),
+        (SeriesLabelPosition::MiddleLeft, false, mid - box_h / 2.0),
+        (SeriesLabelPosition::LowerLeft, false, y.start),
+    ];
+    let mut best = (usize::MAX, SeriesLabelPosition::UpperRight);
+    for (place, right, y0) in places {
+        let (x0, x1) = if right { (x.end - box_w, x.end) } else { (x.start, x.start + box_w) };
+        let covered = marks.iter().filter(|(px, py)| (x0..=x1).contains(px) && (y0..=y0 + box_h).contains(py)).count();
+        if covered < best.0 {
+            best = (covered, place);
+        }
+    }
+    best.1
+}
+
 /// Draws `lines` into `area` (with markers, so a one-point line shows).
 fn line_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, axes: &Axes, lines: &[Line]) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
@@ -222,7 +257,7 @@ fn line_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, axe
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(axes.x.clone(), y)
+        .build_cartesian_2d(axes.x.clone(), y.clone())
         .map_err(|x| e(&x))?;
     let span = (axes.x.end - axes.x.start).round().max(1.0) as usize;
     let fmt = |v: &f64| match axes.x_label {
@@ -246,7 +281,9 @@ fn line_panel(area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>, axe
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
         chart.draw_series(l.points.iter().map(|p| Circle::new(*p, width + 1, style.filled()))).map_err(|x| e(&x))?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|x| e(&x))?;
+    let (pw, ph) = chart.plotting_area().dim_in_pixel();
+    let place = legend_place(&axes.x, &y, lines, (pw, ph));
+    chart.configure_series_labels().position(place).background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(|x| e(&x))?;
     Ok(())
 }
 
@@ -460,6 +497,23 @@ mod tests {
     use super::super::dialogue::{DialogueEval, Pairing};
     use super::super::StageReport;
     use super::*;
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        let flat = |name: &str, y: f64| Line::new(name, COLORS[0], 2, (1..=20).map(|t| (t as f64, Some(y))));
+        let (x, y, px) = (0.5..20.5, 0.0..1.05, (480, 330));
+        // Near 1.0 and near 0.15 (adherence with and without GAtt): the empty middle.
+        let two = [flat("with", 0.98), flat("without", 0.15)];
+        assert!(matches!(legend_place(&x, &y, &two, px), SeriesLabelPosition::MiddleRight));
+        // Everything high: below it; everything low: above it (the first place without data).
+        assert!(matches!(legend_place(&x, &y, &[flat("a", 0.95)], px), SeriesLabelPosition::MiddleRight));
+        assert!(matches!(legend_place(&x, &y, &[flat("a", 0.95), flat("b", 0.5)], px), SeriesLabelPosition::LowerRight));
+        assert!(matches!(legend_place(&x, &y, &[flat("a", 0.1)], px), SeriesLabelPosition::UpperRight));
+        // A line rising to the right under a wide legend (a long name): the lower right is free.
+        let rising = [Line::new("a name long enough for a wide legend box", COLORS[0], 2, (1..=20).map(|t| (t as f64, Some(t as f64 / 20.0))))];
+        let place = legend_place(&x, &y, &rising, px);
+        assert!(matches!(place, SeriesLabelPosition::LowerRight), "{place:?}");
+    }
 
     /// Synthetic RLHF and dialogue reports draw all four of their plots (none of the model
     /// plots: there are no models), and a report with nothing draws nothing.
