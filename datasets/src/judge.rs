@@ -174,10 +174,8 @@ impl Instruction {
     /// instructions (their repaired answers already have one shape).
     pub fn uniform(self, spec: &JudgeSpec, response: &str) -> String {
         match (self, answer_value(spec)) {
-            (Instruction::AtMostFiveWords, Some(v)) if (1..=5).contains(&v.split_whitespace().count()) => {
-                let canonical = canonical_answer(spec);
-                if canonical.split_whitespace().count() <= 5 { canonical } else { format!("{v}.") }
-            }
+            // `enforce` keeps the canonical answer when it obeys, else cuts it to the bare value.
+            (Instruction::AtMostFiveWords, Some(v)) if self.holds(&v) => self.enforce(spec, &canonical_answer(spec)),
             _ => self.enforce(spec, response),
         }
     }
