@@ -77,19 +77,26 @@ fn same_seed_bit_identical_weights_on_1_2_and_3_threads() {
     assert_ne!(m1.params(), Llama::new_random(config(Head::LanguageModel), 42).params(), "training moved the weights");
 }
 
-/// The elementwise kernels have a baseline and an AVX2+FMA version (`simd_kernel!`): both give
-/// the same bits, so a run does not depend on the CPU it ran on. (On a CPU without AVX2 both
-/// runs take the baseline and the test holds trivially.)
+/// The elementwise kernels have a baseline, an AVX2+FMA and an AVX-512 version
+/// (`simd_kernel!`): all give the same bits, so a run does not depend on the CPU it ran on. (On
+/// a CPU without AVX2 or AVX-512 the runs take the widest version it has and the test holds
+/// trivially for the others.)
 #[test]
-fn baseline_and_avx2_kernels_train_bit_identically() {
-    kernels::ops::force_baseline_kernels(true);
-    let (base, lb) = train(2, 3);
-    kernels::ops::force_baseline_kernels(false);
-    let (fast, lf) = train(2, 3);
-    assert_eq!(lb, lf, "losses differ between the baseline and AVX2 kernels");
-    for (i, s) in base.specs().iter().enumerate() {
-        let bits = |m: &Llama| m.params()[i].iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(&base) == bits(&fast), "{} differs between the baseline and AVX2 kernels", s.name);
+fn baseline_avx2_and_avx512_kernels_train_bit_identically() {
+    use kernels::ops::{limit_kernels, KernelLevel};
+    let mut runs = Vec::new();
+    for level in [KernelLevel::Baseline, KernelLevel::Avx2, KernelLevel::Avx512] {
+        limit_kernels(level);
+        runs.push((level, train(2, 3)));
+    }
+    limit_kernels(KernelLevel::Avx512);
+    let (_, (base, lb)) = &runs[0];
+    for (level, (m, l)) in &runs[1..] {
+        assert_eq!(lb, l, "losses differ between the baseline and {level:?} kernels");
+        for (i, s) in base.specs().iter().enumerate() {
+            let bits = |m: &Llama| m.params()[i].iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(base) == bits(m), "{} differs between the baseline and {level:?} kernels", s.name);
+        }
     }
 }
 

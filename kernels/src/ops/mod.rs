@@ -90,22 +90,44 @@ pub(crate) fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + s
 }
 
-static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The widest [`simd_kernel!`] version allowed to run: 0 baseline, 1 AVX2+FMA, 2 AVX-512.
+static KERNEL_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
-/// Makes the [`simd_kernel!`] kernels run their baseline versions even on AVX2 CPUs (for the
-/// test that both versions agree bit for bit; results are the same either way).
-pub fn force_baseline_kernels(on: bool) {
-    BASELINE_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+/// Which versions of the [`simd_kernel!`] kernels may run (for the tests that all versions
+/// agree bit for bit; results are the same either way). The CPU's features still decide
+/// among the allowed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelLevel {
+    /// The build's baseline (SSE2 on x86-64).
+    Baseline = 0,
+    /// Up to AVX2 + FMA (8 lanes).
+    Avx2 = 1,
+    /// Up to AVX-512 (16 lanes): the default.
+    Avx512 = 2,
 }
 
-/// Whether the CPU has AVX2 and FMA (detected once; `is_x86_feature_detected` caches it).
+/// Limits the [`simd_kernel!`] kernels to `level` and below.
+pub fn limit_kernels(level: KernelLevel) {
+    KERNEL_LIMIT.store(level as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes the [`simd_kernel!`] kernels run their baseline versions even on AVX2 CPUs (`true`),
+/// or lifts every limit (`false`).
+pub fn force_baseline_kernels(on: bool) {
+    limit_kernels(if on { KernelLevel::Baseline } else { KernelLevel::Avx512 });
+}
+
+fn allowed(level: KernelLevel) -> bool {
+    KERNEL_LIMIT.load(std::sync::atomic::Ordering::Relaxed) >= level as u8
+}
+
+/// Whether the CPU has AVX2 and FMA (detected once; `is_x86_feature_detected` caches it) and
+/// the AVX2 kernels are allowed.
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        !BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
-            && std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
+        allowed(KernelLevel::Avx2) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -113,12 +135,30 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
-/// Defines an elementwise kernel twice from one body: compiled for the build's baseline
-/// (SSE2 on x86-64) and for AVX2+FMA, picked at run time. The hot loops of norms, SwiGLU,
-/// softmax and AdamW then run 8 lanes wide on the CPUs that have them without a
-/// `-C target-cpu` build that would not start on older ones. Rust never fuses a multiply
-/// and an add on its own, and the bodies keep their summation order fixed, so both versions
-/// give bit-identical results.
+/// Whether the CPU has AVX-512 (F, VL, BW, DQ) with AVX2 and FMA, and those kernels are allowed.
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        allowed(KernelLevel::Avx512)
+            && has_avx2_fma()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines an elementwise kernel three times from one body: compiled for the build's baseline
+/// (SSE2 on x86-64), for AVX2+FMA and for AVX-512, the widest the CPU has picked at run time.
+/// The hot loops of norms, SwiGLU, softmax and AdamW then run 8 or 16 lanes wide on the CPUs
+/// that have them without a `-C target-cpu` build that would not start on older ones. Rust
+/// never fuses a multiply and an add on its own, and the bodies keep their summation order
+/// fixed (sums in 16 explicit lanes), so every version gives bit-identical results.
 macro_rules! simd_kernel {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -131,7 +171,16 @@ macro_rules! simd_kernel {
                 plain($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                plain($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             {
+                if $crate::ops::has_avx512() {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
                 if $crate::ops::has_avx2_fma() {
                     // SAFETY: the CPU has the features `avx2` was compiled for.
                     return unsafe { avx2($($arg),*) };
