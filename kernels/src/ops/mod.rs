@@ -91,7 +91,7 @@ pub(crate) fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The widest [`simd_kernel!`] version allowed to run: 0 baseline, 1 AVX2+FMA, 2 AVX-512.
-static KERNEL_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+static KERNEL_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(KernelLevel::Avx512 as u8);
 
 /// Which versions of the [`simd_kernel!`] kernels may run (for the tests that all versions
 /// agree bit for bit; results are the same either way). The CPU's features still decide
@@ -117,40 +117,47 @@ pub fn force_baseline_kernels(on: bool) {
     limit_kernels(if on { KernelLevel::Baseline } else { KernelLevel::Avx512 });
 }
 
-fn allowed(level: KernelLevel) -> bool {
-    KERNEL_LIMIT.load(std::sync::atomic::Ordering::Relaxed) >= level as u8
+/// The widest level this CPU supports (detected once).
+fn cpu_level() -> KernelLevel {
+    static LEVEL: std::sync::OnceLock<KernelLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            let avx512 = std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq");
+            if avx2 && avx512 {
+                KernelLevel::Avx512
+            } else if avx2 {
+                KernelLevel::Avx2
+            } else {
+                KernelLevel::Baseline
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            KernelLevel::Baseline
+        }
+    })
 }
 
-/// Whether the CPU has AVX2 and FMA (detected once; `is_x86_feature_detected` caches it) and
-/// the AVX2 kernels are allowed.
+/// The version of the [`simd_kernel!`] kernels that runs: the widest the CPU has, within
+/// [`limit_kernels`].
+#[inline]
+pub(crate) fn kernel_level() -> KernelLevel {
+    match KERNEL_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => KernelLevel::Baseline,
+        1 => cpu_level().min(KernelLevel::Avx2),
+        _ => cpu_level(),
+    }
+}
+
+/// Whether the AVX2+FMA kernels (or wider) may run: the CPU has them and they are allowed.
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        allowed(KernelLevel::Avx2) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether the CPU has AVX-512 (F, VL, BW, DQ) with AVX2 and FMA, and those kernels are allowed.
-#[inline]
-pub(crate) fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        allowed(KernelLevel::Avx512)
-            && has_avx2_fma()
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512vl")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512dq")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    kernel_level() >= KernelLevel::Avx2
 }
 
 /// Defines an elementwise kernel three times from one body: compiled for the build's baseline
@@ -177,13 +184,13 @@ macro_rules! simd_kernel {
             }
             #[cfg(target_arch = "x86_64")]
             {
-                if $crate::ops::has_avx512() {
-                    // SAFETY: the CPU has the features `avx512` was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if $crate::ops::has_avx2_fma() {
-                    // SAFETY: the CPU has the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match $crate::ops::kernel_level() {
+                    // SAFETY: kernel_level() is Avx512 only on a CPU with the features `avx512`
+                    // was compiled for.
+                    $crate::ops::KernelLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: likewise for `avx2`.
+                    $crate::ops::KernelLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::ops::KernelLevel::Baseline => {}
                 }
             }
             plain($($arg),*)
