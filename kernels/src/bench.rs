@@ -203,6 +203,7 @@ pub struct GenerateReport {
 pub fn bench_generate(model: &Llama, batch: usize, prompt_len: usize, new_tokens: usize, precision: WeightPrecision, threads: usize) -> Result<GenerateReport, ModelError> {
     pool(threads)?.install(|| {
         let dw = DecodeWeights::new(model, precision);
+        dw.pack_all();
         let v = model.config.vocab_size as u64;
         let mut rng = Rng::new(5);
         let prompts: Vec<Vec<u32>> = (0..batch).map(|_| (0..prompt_len).map(|_| (rng.next_u64() % v) as u32).collect()).collect();

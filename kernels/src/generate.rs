@@ -11,7 +11,8 @@
 use crate::config::Head;
 use crate::model::{self, Llama, ModelError};
 use crate::ops::attention::AttnShape;
-use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, to_bf16_bits};
+use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, pack_rows, to_bf16_bits};
+use std::sync::OnceLock;
 use crate::ops::{embedding, norm, rope, swiglu};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -35,24 +36,63 @@ pub enum WeightPrecision {
     Bf16,
 }
 
-/// The weights the decoder reads: the model's f32 tensors, or bf16 copies of its matrices.
+/// The weights the decoder reads. Products over many rows (prefill, large batches) run through
+/// gemm on the model's own f32 tensors; products over a few rows stream each matrix once, in
+/// the [`pack_rows`] layout: f32 copies packed the first time a matrix is read that way, or
+/// bf16 copies packed when the weights are made. An f32 model decoded a few rows at a time thus
+/// holds its matrices twice (BENCHMARKS-engine.md, "Session 9": 1.2× the tokens/s for that).
 pub struct DecodeWeights<'a> {
     pub model: &'a Llama,
     bf16: Option<Vec<Vec<u16>>>,
+    packed_f32: Vec<OnceLock<Vec<f32>>>,
 }
 
 impl<'a> DecodeWeights<'a> {
     pub fn new(model: &'a Llama, precision: WeightPrecision) -> DecodeWeights<'a> {
-        let bf16 = (precision == WeightPrecision::Bf16)
-            .then(|| model.params().iter().map(|p| p.par_iter().map(|&x| to_bf16_bits(x)).collect()).collect());
-        DecodeWeights { model, bf16 }
+        let bf16 = (precision == WeightPrecision::Bf16).then(|| {
+            model
+                .params()
+                .par_iter()
+                .zip(model.specs())
+                .map(|(p, spec)| {
+                    let bits: Vec<u16> = p.iter().map(|&x| to_bf16_bits(x)).collect();
+                    match spec.shape[..] {
+                        [_, k] => pack_rows(&bits, k),
+                        _ => bits,
+                    }
+                })
+                .collect()
+        });
+        let packed_f32 = (0..model.params().len()).map(|_| OnceLock::new()).collect();
+        DecodeWeights { model, bf16, packed_f32 }
     }
 
+    /// Packs every matrix the few-row products read now rather than on first use (benchmarks
+    /// time decoding without the one-off copy).
+    pub fn pack_all(&self) {
+        let c = &self.model.config;
+        for l in 0..c.num_hidden_layers {
+            for j in [model::WQ, model::WK, model::WV, model::WO, model::WG, model::WU, model::WD] {
+                self.w(Llama::layer_index(l, j));
+            }
+        }
+        self.w(self.model.head_index());
+    }
+
+    /// Matrix `idx` (a 2-D parameter) for the few-row products.
     fn w(&self, idx: usize) -> WeightRef<'_> {
         match &self.bf16 {
-            Some(b) => WeightRef::Bf16(&b[idx]),
-            None => WeightRef::F32(&self.model.params()[idx]),
+            Some(b) => WeightRef::Bf16Packed(&b[idx]),
+            None => {
+                let k = self.model.specs()[idx].shape[1];
+                WeightRef::F32Packed(self.packed_f32[idx].get_or_init(|| pack_rows(&self.model.params()[idx], k)))
+            }
         }
+    }
+
+    /// Matrix `idx` as the model holds it, for gemm; None for bf16 weights.
+    fn f32_rows(&self, idx: usize) -> Option<&[f32]> {
+        self.bf16.is_none().then(|| self.model.params()[idx].as_slice())
     }
 
     /// Bytes of weights read to decode one token (every matrix once, plus the head).
@@ -131,16 +171,18 @@ impl Session {
     }
 }
 
-/// Each `y (n, dout) = x (n, din) @ Wᵀ` of one input, choosing gemm for many f32 rows and
-/// dot products otherwise (all products of the input in one parallel pass).
-fn project(x: &[f32], n: usize, din: usize, outs: &mut [FewRows<'_>]) {
-    if n > 8 && outs.iter().all(|o| matches!(o.w, WeightRef::F32(_))) {
-        for o in outs.iter_mut() {
-            let WeightRef::F32(w) = o.w else { unreachable!("checked above") };
-            matmul(o.y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: o.n }, false);
+/// Each `y (n, dout) = x (n, din) @ Wᵀ` of one input, for matrices `(y, parameter index, dout)`,
+/// choosing gemm for many f32 rows and dot products otherwise (all products of the input in one
+/// parallel pass).
+fn project(dw: &DecodeWeights<'_>, x: &[f32], n: usize, din: usize, outs: &mut [(&mut [f32], usize, usize)]) {
+    if n > 8 && outs.iter().all(|o| dw.f32_rows(o.1).is_some()) {
+        for (y, idx, dout) in outs.iter_mut() {
+            let w = dw.f32_rows(*idx).expect("checked above");
+            matmul(y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: *dout }, false);
         }
     } else {
-        linear_few_rows_many(x, n, din, outs);
+        let mut few: Vec<FewRows<'_>> = outs.iter_mut().map(|(y, idx, dout)| FewRows { y, w: dw.w(*idx), n: *dout }).collect();
+        linear_few_rows_many(x, n, din, &mut few);
     }
 }
 
@@ -333,14 +375,10 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
     embedding::embedding(&mut x, m.embed(), d, &tokens);
     let (mut h, mut rstd) = (vec![0.0f32; n * d], vec![0.0f32; n]);
     for l in 0..c.num_hidden_layers {
-        let wi = |j| dw.w(Llama::layer_index(l, j));
+        let wi = |j| Llama::layer_index(l, j);
         norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::ATTN_NORM), c.rms_norm_eps);
         let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
-        project(&h, n, d, &mut [
-            FewRows { y: &mut q, w: wi(model::WQ), n: qd },
-            FewRows { y: &mut k, w: wi(model::WK), n: kvd },
-            FewRows { y: &mut v, w: wi(model::WV), n: kvd },
-        ]);
+        project(dw, &h, n, d, &mut [(&mut q, wi(model::WQ), qd), (&mut k, wi(model::WK), kvd), (&mut v, wi(model::WV), kvd)]);
         rope::rope(&mut q, &positions, c.num_attention_heads, table, rope::Direction::Forward);
         rope::rope(&mut k, &positions, c.num_key_value_heads, table, rope::Direction::Forward);
         for (s, cache) in spans.iter().zip(caches.iter_mut()) {
@@ -353,13 +391,13 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
         }).collect();
         let att: Vec<f32> = outs.concat();
         let mut o = vec![0.0; n * d];
-        project(&att, n, qd, &mut [FewRows { y: &mut o, w: wi(model::WO), n: d }]);
+        project(dw, &att, n, qd, &mut [(&mut o, wi(model::WO), d)]);
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::MLP_NORM), c.rms_norm_eps);
         let (mut g, mut u, mut a) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
-        project(&h, n, d, &mut [FewRows { y: &mut g, w: wi(model::WG), n: f }, FewRows { y: &mut u, w: wi(model::WU), n: f }]);
+        project(dw, &h, n, d, &mut [(&mut g, wi(model::WG), f), (&mut u, wi(model::WU), f)]);
         swiglu::swiglu(&mut a, &g, &u);
-        project(&a, n, f, &mut [FewRows { y: &mut o, w: wi(model::WD), n: d }]);
+        project(dw, &a, n, f, &mut [(&mut o, wi(model::WD), d)]);
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
     }
     for (s, cache) in spans.iter().zip(caches.iter_mut()) {

@@ -4,7 +4,7 @@
 //! (`|got - ref| <= atol + rtol·|ref|`) and failures name the worst index.
 
 use kernels::ops::attention::{AttnShape, attention, attention_backward, attention_backward_ref, attention_ref, probs_len};
-use kernels::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, matmul_ref, to_bf16_bits};
+use kernels::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, matmul_ref, pack_rows, packed_row, to_bf16_bits};
 use kernels::ops::{check_close, embedding, loss, norm, rope, spans_of, swiglu};
 use kernels::rng::Rng;
 
@@ -80,6 +80,38 @@ fn linear_few_rows_many_is_batch_and_grouping_independent() {
                     pool.install(|| linear_few_rows(&mut one, &x[r * k..(r + 1) * k], wr(i), 1, k, n));
                     let same = one.iter().zip(&ys[i][r * n..(r + 1) * n]).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "product {i} row {r} (bf16 {bf16}, {threads} threads) differs alone and in the batch");
+                }
+            }
+        }
+    }
+}
+
+/// Decoding streams each matrix in the packed layout (`pack_rows`): the same rows, and the same
+/// sums bit for bit as over the plain layout, for every n mod 4 and k mod 16, f32 and bf16, one
+/// row or several, one thread or two.
+#[test]
+fn packed_weights_give_the_plain_layouts_bits() {
+    for (n, k) in [(8usize, 32usize), (131, 203), (66, 48), (7, 17), (3, 40)] {
+        let w = randn(n * k, n as u64, 0.1);
+        let wb: Vec<u16> = w.iter().map(|&v| to_bf16_bits(v)).collect();
+        let (pw, pwb) = (pack_rows(&w, k), pack_rows(&wb, k));
+        assert_eq!(pw.len(), w.len());
+        for row in 0..n {
+            assert_eq!(packed_row(&pw, k, row), w[row * k..(row + 1) * k].to_vec(), "row {row} of ({n}, {k})");
+            assert_eq!(packed_row(&pwb, k, row), wb[row * k..(row + 1) * k].to_vec());
+        }
+        for m in [1usize, 3] {
+            let x = randn(m * k, 99, 1.0);
+            for (dtype, plain, packed) in [("f32", WeightRef::F32(&w), WeightRef::F32Packed(&pw)), ("bf16", WeightRef::Bf16(&wb), WeightRef::Bf16Packed(&pwb))] {
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+                    pool.install(|| {
+                        linear_few_rows(&mut a, &x, plain, m, k, n);
+                        linear_few_rows(&mut b, &x, packed, m, k, n);
+                    });
+                    let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "({n}, {k}), {m} rows, {threads} threads, {dtype}: packed and plain sums differ");
                 }
             }
         }
