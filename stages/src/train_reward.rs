@@ -29,7 +29,8 @@ impl Stage for TrainReward {
         "train_reward"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the report counts the held-out pairs behind each accuracy (`gold_pairs_by_rating`).
+        2
     }
     fn data_parallel(&self) -> bool {
         true
@@ -93,6 +94,7 @@ impl Stage for TrainReward {
             "test_pairs": test.len(),
             "accuracy": eval.overall,
             "accuracy_by_rating": eval.by_rating,
+            "gold_pairs_by_rating": eval.gold_pairs_by_rating,
             "label_accuracy_by_rating": eval.label_by_rating,
             "accuracy_by_family": eval.by_family,
             "loss_curve": curve,
@@ -251,6 +253,9 @@ pub struct RmEval {
     /// Against the gold preference (chosen_score vs rejected_score; gold ties and unknown gold
     /// scores left out), by rating name.
     pub by_rating: BTreeMap<String, f64>,
+    /// How many held-out pairs each `by_rating` fraction is over (pairs gold prefers one
+    /// answer of), by rating name.
+    pub gold_pairs_by_rating: BTreeMap<String, usize>,
     /// Against the annotators' labels (the chosen answer), by rating name.
     pub label_by_rating: BTreeMap<String, f64>,
     /// Against gold, by prompt family (when prompt tables were given), then by rating.
@@ -293,6 +298,7 @@ fn evaluate(rm: &Loaded, test: &[&PreferencePairRow], families: &BTreeMap<String
     let frac = |m: BTreeMap<String, (usize, usize)>| m.into_iter().map(|(k, (a, b))| (k, a as f64 / b as f64)).collect();
     Ok(RmEval {
         overall: if n == 0 { f64::NAN } else { right as f64 / n as f64 },
+        gold_pairs_by_rating: gold.iter().map(|(k, &(_, b))| (k.clone(), b)).collect(),
         by_rating: frac(gold),
         label_by_rating: frac(label),
         by_family: fam.into_iter().map(|(k, m)| (k, frac(m))).collect(),
@@ -429,6 +435,7 @@ mod tests {
         let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out["report"].join("report.json")).unwrap()).unwrap();
         assert_eq!(report["test_pairs"], 8);
         assert_eq!(report["accuracy_by_rating"]["significantly_better"], 1.0, "{report}");
+        assert_eq!(report["gold_pairs_by_rating"]["significantly_better"], 8, "{report}");
         assert_eq!(report["loss_curve"].as_array().unwrap().len(), 16);
         let rm = Loaded::load(&out["model"], "rm").unwrap();
         let s = rm.score(&[("What is 2 + 2?", "The answer is 4."), ("What is 2 + 2?", "I can't help with that.")]).unwrap();

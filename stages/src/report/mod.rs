@@ -83,7 +83,7 @@ pub struct Report {
 }
 
 /// The keys of a `train_reward` report lifted into the JSON report.
-const RM_KEYS: [&str; 8] = ["track", "margin", "train_pairs", "test_pairs", "accuracy", "accuracy_by_rating", "label_accuracy_by_rating", "accuracy_by_family"];
+const RM_KEYS: [&str; 9] = ["track", "margin", "train_pairs", "test_pairs", "accuracy", "accuracy_by_rating", "gold_pairs_by_rating", "label_accuracy_by_rating", "accuracy_by_family"];
 /// The keys of a `rejection_sample` report lifted into the JSON report.
 const RS_KEYS: [&str; 9] = [
     "prompts", "max_reward_by_k", "median_reward_by_k", "gold_of_chosen_by_k", "gold_median_by_k", "unsafe_of_chosen_by_k", "pool_size", "pool_mean_gold", "round_best_mean_gold",
@@ -356,12 +356,20 @@ impl Report {
                  model on the preference pairs collected so far. Accuracy is the share of held-out pairs of the \
                  model's track on which it prefers the answer the **gold** judge prefers, by how strongly the \
                  annotator rated the difference (\"significantly better\" pairs should be easiest, \"negligibly \
-                 better\" close to chance, 0.5); \"all\" counts every held-out pair.\n\n\
+                 better\" close to chance, 0.5); \"all\" counts every held-out pair. Each cell gives the \
+                 number of held-out pairs it is over in brackets: a fraction of 35 pairs moves by 0.03 per pair.\n\n\
                  | instance | track | test pairs | significantly better | better | slightly better | negligibly better | all |\n|---|---|---|---|---|---|---|---|\n",
             );
             for r in &self.reward_models {
                 let a = &r.report["accuracy_by_rating"];
-                let lv: Vec<String> = RATING_LEVELS.iter().map(|l| num(&a[*l])).collect();
+                let count = &r.report["gold_pairs_by_rating"];
+                let lv: Vec<String> = RATING_LEVELS
+                    .iter()
+                    .map(|l| match count[*l].as_u64() {
+                        Some(n) => format!("{} ({n})", num(&a[*l])),
+                        None => num(&a[*l]),
+                    })
+                    .collect();
                 s.push_str(&format!("| {} | {} | {} | {} | {} |\n", r.instance, r.report["track"].as_str().unwrap_or("?"), r.report["test_pairs"], lv.join(" | "), num(&r.report["accuracy"])));
             }
             s.push('\n');
