@@ -12,10 +12,10 @@ use crate::config::Head;
 use crate::model::{self, Llama, ModelError};
 use crate::ops::attention::AttnShape;
 use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, pack_rows, to_bf16_bits};
-use std::sync::OnceLock;
 use crate::ops::{embedding, norm, rope, swiglu};
 use crate::rng::Rng;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq)]
