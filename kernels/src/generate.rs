@@ -70,13 +70,18 @@ impl<'a> DecodeWeights<'a> {
     /// Packs every matrix the few-row products read now rather than on first use (benchmarks
     /// time decoding without the one-off copy).
     pub fn pack_all(&self) {
-        let c = &self.model.config;
-        for l in 0..c.num_hidden_layers {
-            for j in [model::WQ, model::WK, model::WV, model::WO, model::WG, model::WU, model::WD] {
-                self.w(Llama::layer_index(l, j));
-            }
+        for idx in self.matrices() {
+            self.w(idx);
         }
-        self.w(self.model.head_index());
+    }
+
+    /// Parameter indices of every matrix one decoding step reads: each layer's seven, then the
+    /// head.
+    fn matrices(&self) -> impl Iterator<Item = usize> + '_ {
+        const LAYER: [usize; 7] = [model::WQ, model::WK, model::WV, model::WO, model::WG, model::WU, model::WD];
+        (0..self.model.config.num_hidden_layers)
+            .flat_map(|l| LAYER.map(|j| Llama::layer_index(l, j)))
+            .chain(std::iter::once(self.model.head_index()))
     }
 
     /// Matrix `idx` (a 2-D parameter) for the few-row products.
@@ -98,15 +103,7 @@ impl<'a> DecodeWeights<'a> {
     /// Bytes of weights read to decode one token (every matrix once, plus the head).
     pub fn bytes_per_token(&self) -> usize {
         let per = if self.bf16.is_some() { 2 } else { 4 };
-        let c = &self.model.config;
-        let mut n = 0;
-        for l in 0..c.num_hidden_layers {
-            for j in [model::WQ, model::WK, model::WV, model::WO, model::WG, model::WU, model::WD] {
-                n += self.model.params()[Llama::layer_index(l, j)].len();
-            }
-        }
-        n += self.model.params()[self.model.head_index()].len();
-        n * per
+        self.matrices().map(|idx| self.model.params()[idx].len()).sum::<usize>() * per
     }
 }
 

@@ -249,12 +249,11 @@ fn dot_rows(x: &[f32], w: WeightRef<'_>, j: usize, rows: usize, out: &mut [f32],
             unsafe {
                 match (w, rows) {
                     (WeightRef::F32(w), 4) => simd::dot_rows_f32::<4>(x, &w[j * k..(j + 4) * k], out, prefetch),
-                    (WeightRef::F32(w) | WeightRef::F32Packed(w), _) if rows == 1 => simd::dot_rows_f32::<1>(x, &w[j * k..(j + 1) * k], out, prefetch),
+                    (WeightRef::F32Packed(w), 4) => simd::dot_packed_f32(x, &w[j * k..(j + 4) * k], out, prefetch),
+                    (WeightRef::F32(w) | WeightRef::F32Packed(w), _) => simd::dot_rows_f32::<1>(x, &w[j * k..(j + 1) * k], out, prefetch),
                     (WeightRef::Bf16(w), 4) => simd::dot_rows_bf16::<4>(x, &w[j * k..(j + 4) * k], out, prefetch),
-                    (WeightRef::Bf16(w) | WeightRef::Bf16Packed(w), _) if rows == 1 => simd::dot_rows_bf16::<1>(x, &w[j * k..(j + 1) * k], out, prefetch),
-                    (WeightRef::F32Packed(w), _) => simd::dot_packed_f32(x, &w[j * k..(j + 4) * k], out, prefetch),
-                    (WeightRef::Bf16Packed(w), _) => simd::dot_packed_bf16(x, &w[j * k..(j + 4) * k], out, prefetch),
-                    _ => unreachable!("rows is 1 or 4"),
+                    (WeightRef::Bf16Packed(w), 4) => simd::dot_packed_bf16(x, &w[j * k..(j + 4) * k], out, prefetch),
+                    (WeightRef::Bf16(w) | WeightRef::Bf16Packed(w), _) => simd::dot_rows_bf16::<1>(x, &w[j * k..(j + 1) * k], out, prefetch),
                 }
             }
             return;
