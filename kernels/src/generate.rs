@@ -11,7 +11,8 @@
 use crate::config::Head;
 use crate::model::{self, Llama, ModelError};
 use crate::ops::attention::AttnShape;
-use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, pack_rows, to_bf16_bits};
+use crate::ops::matmul::{FewRows, MmShape, Tr, WeightRef, linear_few_rows, linear_few_rows_many, matmul, pack_rows_into, to_bf16_bits};
+use crate::ops::pages::HugeBuf;
 use crate::ops::{embedding, norm, rope, swiglu};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -38,45 +39,74 @@ pub enum WeightPrecision {
 
 /// The weights the decoder reads. Products over many rows (prefill, large batches) run through
 /// gemm on the model's own f32 tensors; products over a few rows stream each matrix once, in
-/// the [`pack_rows`] layout: f32 copies packed the first time a matrix is read that way, or
-/// bf16 copies packed when the weights are made. An f32 model decoded a few rows at a time thus
-/// holds its matrices twice (BENCHMARKS-engine.md, "Session 9": 1.2× the tokens/s for that).
+/// the [`crate::ops::matmul::pack_rows`] layout, all matrices in one [`HugeBuf`] (huge pages where Linux allows):
+/// f32 copies packed the first time a few-row product runs, or bf16 copies packed when the
+/// weights are made. An f32 model decoded a few rows at a time thus holds its matrices twice
+/// (BENCHMARKS-engine.md, "Session 9": 1.2× the tokens/s for that).
 pub struct DecodeWeights<'a> {
     pub model: &'a Llama,
-    bf16: Option<Vec<Vec<u16>>>,
-    packed_f32: Vec<OnceLock<Vec<f32>>>,
+    bf16: Option<Packed<u16>>,
+    packed_f32: OnceLock<Packed<f32>>,
+}
+
+/// Every matrix of a decoding step packed into one buffer: `at[idx]` is the range of parameter
+/// `idx` (None for the parameters no product reads).
+struct Packed<T: bytemuck::Zeroable + Copy> {
+    buf: HugeBuf<T>,
+    at: Vec<Option<std::ops::Range<usize>>>,
+}
+
+impl<T: bytemuck::Zeroable + Copy + Send + Sync> Packed<T> {
+    /// Packs `matrices` of `model`, each value converted by `convert`, in parallel.
+    fn new(model: &Llama, matrices: &[usize], convert: impl Fn(f32) -> T + Sync) -> Self {
+        let params = model.params();
+        let mut at = vec![None; params.len()];
+        let mut total = 0;
+        for &idx in matrices {
+            at[idx] = Some(total..total + params[idx].len());
+            total += params[idx].len();
+        }
+        let mut buf = HugeBuf::zeroed(total);
+        let mut parts: Vec<(usize, &mut [T])> = Vec::with_capacity(matrices.len());
+        let mut rest: &mut [T] = &mut buf;
+        for &idx in matrices {
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(params[idx].len());
+            parts.push((idx, part));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(idx, out)| {
+            let w: Vec<T> = params[idx].iter().map(|&x| convert(x)).collect();
+            pack_rows_into(&w, model.specs()[idx].shape[1], out);
+        });
+        Packed { buf, at }
+    }
+
+    fn get(&self, idx: usize) -> &[T] {
+        let r = self.at[idx].clone().unwrap_or_else(|| panic!("parameter {idx} is not a matrix a decoding step reads"));
+        &self.buf[r]
+    }
 }
 
 impl<'a> DecodeWeights<'a> {
     pub fn new(model: &'a Llama, precision: WeightPrecision) -> DecodeWeights<'a> {
-        let bf16 = (precision == WeightPrecision::Bf16).then(|| {
-            model
-                .params()
-                .par_iter()
-                .zip(model.specs())
-                .map(|(p, spec)| {
-                    let bits: Vec<u16> = p.iter().map(|&x| to_bf16_bits(x)).collect();
-                    match spec.shape[..] {
-                        [_, k] => pack_rows(&bits, k),
-                        _ => bits,
-                    }
-                })
-                .collect()
-        });
-        let packed_f32 = (0..model.params().len()).map(|_| OnceLock::new()).collect();
-        DecodeWeights { model, bf16, packed_f32 }
+        let mut dw = DecodeWeights { model, bf16: None, packed_f32: OnceLock::new() };
+        if precision == WeightPrecision::Bf16 {
+            let matrices: Vec<usize> = dw.matrices().collect();
+            dw.bf16 = Some(Packed::new(model, &matrices, to_bf16_bits));
+        }
+        dw
     }
 
-    /// Packs every matrix the few-row products read now rather than on first use (benchmarks
+    /// Packs the matrices the few-row products read now rather than on first use (benchmarks
     /// time decoding without the one-off copy).
     pub fn pack_all(&self) {
-        for idx in self.matrices() {
+        if let Some(idx) = self.matrices().next() {
             self.w(idx);
         }
     }
 
     /// Parameter indices of every matrix one decoding step reads: each layer's seven, then the
-    /// head.
+    /// head (a tied head is the embedding, read once per step as a matrix).
     fn matrices(&self) -> impl Iterator<Item = usize> + '_ {
         const LAYER: [usize; 7] = [model::WQ, model::WK, model::WV, model::WO, model::WG, model::WU, model::WD];
         (0..self.model.config.num_hidden_layers)
@@ -84,13 +114,16 @@ impl<'a> DecodeWeights<'a> {
             .chain(std::iter::once(self.model.head_index()))
     }
 
-    /// Matrix `idx` (a 2-D parameter) for the few-row products.
-    fn w(&self, idx: usize) -> WeightRef<'_> {
+    /// Matrix `idx` (one of [`Self::matrices`]) for the few-row products.
+    pub(crate) fn w(&self, idx: usize) -> WeightRef<'_> {
         match &self.bf16 {
-            Some(b) => WeightRef::Bf16Packed(&b[idx]),
+            Some(b) => WeightRef::Bf16Packed(b.get(idx)),
             None => {
-                let k = self.model.specs()[idx].shape[1];
-                WeightRef::F32Packed(self.packed_f32[idx].get_or_init(|| pack_rows(&self.model.params()[idx], k)))
+                let packed = self.packed_f32.get_or_init(|| {
+                    let matrices: Vec<usize> = self.matrices().collect();
+                    Packed::new(self.model, &matrices, |x| x)
+                });
+                WeightRef::F32Packed(packed.get(idx))
             }
         }
     }
@@ -111,8 +144,8 @@ impl<'a> DecodeWeights<'a> {
 /// has no layers (a [`Session`] sizes it for its model on first use).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    pub(crate) k: Vec<Vec<f32>>,
+    pub(crate) v: Vec<Vec<f32>>,
     pub len: usize,
 }
 
@@ -172,7 +205,7 @@ impl Session {
 /// choosing gemm for many f32 rows and dot products otherwise (all products of the input in one
 /// parallel pass).
 fn project(dw: &DecodeWeights<'_>, x: &[f32], n: usize, din: usize, outs: &mut [(&mut [f32], usize, usize)]) {
-    if n > 8 && outs.iter().all(|o| dw.f32_rows(o.1).is_some()) {
+    if n > FEW_ROWS_MAX && outs.iter().all(|o| dw.f32_rows(o.1).is_some()) {
         for (y, idx, dout) in outs.iter_mut() {
             let w = dw.f32_rows(*idx).expect("checked above");
             matmul(y, x, Tr::N, w, Tr::T, MmShape { m: n, k: din, n: *dout }, false);
@@ -321,27 +354,47 @@ unsafe fn head_mix_avx2<const N: usize>(o: &mut [f32], e: &[f32], z: f32, vc: &[
 /// Attention of `t_new` new tokens (q: (t_new, Hq·hd)) of one row against its whole cache
 /// (keys and values (len, Hkv·hd), the new tokens last), causally.
 fn cached_attention(q: &[f32], kc: &[f32], vc: &[f32], len: usize, sh: AttnShape) -> Vec<f32> {
-    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let qw = sh.heads * sh.head_dim;
     let t_new = q.len() / qw;
-    let p0 = len - t_new;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let group = sh.heads / sh.kv_heads;
     let mut out = vec![0.0f32; q.len()];
-    let (mut scores, mut exps) = (vec![0.0f32; len], vec![0.0f32; len]);
+    let mut scratch = AttnScratch::default();
     for i in 0..t_new {
-        let visible = p0 + i + 1;
         for h in 0..sh.heads {
-            let kh = h / group;
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            let cols = kh * hd..(kh + 1) * hd;
-            head_scores(&mut scores[..visible], qi, &kc[..visible * kw], kw, cols.clone(), scale);
-            let max = crate::ops::lane_max(&scores[..visible]);
-            let (e, s) = (&mut exps[..visible], &scores[..visible]);
-            let z = crate::ops::exp_shifted_sum(e, s, max);
-            head_mix(&mut out[i * qw + h * hd..i * qw + (h + 1) * hd], &exps[..visible], z, &vc[..visible * kw], kw, cols);
+            let o = &mut out[i * qw + h * sh.head_dim..i * qw + (h + 1) * sh.head_dim];
+            attend_head(o, q, kc, vc, len, sh, i, h, &mut scratch);
         }
     }
     out
+}
+
+/// Score and exponent buffers of [`attend_head`], reused across heads.
+#[derive(Default)]
+pub(crate) struct AttnScratch {
+    scores: Vec<f32>,
+    exps: Vec<f32>,
+}
+
+/// Head `h` of new token `i` (of the `q.len() / (Hq·hd)` new tokens of one row, the last of
+/// the cache's `len` positions) attending causally over the cache: writes the head's output
+/// (head_dim values) into `o`. The one implementation of cached attention.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_head(o: &mut [f32], q: &[f32], kc: &[f32], vc: &[f32], len: usize, sh: AttnShape, i: usize, h: usize, sc: &mut AttnScratch) {
+    let (hd, qw, kw) = (sh.head_dim, sh.heads * sh.head_dim, sh.kv_heads * sh.head_dim);
+    let t_new = q.len() / qw;
+    let visible = len - t_new + i + 1;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kh = h / (sh.heads / sh.kv_heads);
+    if sc.scores.len() < visible {
+        sc.scores.resize(visible, 0.0);
+        sc.exps.resize(visible, 0.0);
+    }
+    let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+    let cols = kh * hd..(kh + 1) * hd;
+    o.fill(0.0);
+    head_scores(&mut sc.scores[..visible], qi, &kc[..visible * kw], kw, cols.clone(), scale);
+    let max = crate::ops::lane_max(&sc.scores[..visible]);
+    let z = crate::ops::exp_shifted_sum(&mut sc.exps[..visible], &sc.scores[..visible], max);
+    head_mix(o, &sc.exps[..visible], z, &vc[..visible * kw], kw, cols);
 }
 
 /// Runs the new tokens of each row through the model, appending to each row's cache, and
@@ -364,16 +417,48 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
     let tokens: Vec<u32> = new.iter().flat_map(|t| t.iter().copied()).collect();
     let positions: Vec<usize> = new.iter().zip(caches.iter()).flat_map(|(t, cache)| cache.len..cache.len + t.len()).collect();
     let n = tokens.len();
-    let (d, f) = (c.hidden_size, c.intermediate_size);
-    let (qd, kvd) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-    let sh = AttnShape { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+    let d = c.hidden_size;
     let spans = crate::ops::spans_of(new.iter().map(|t| t.len()));
     let mut x = vec![0.0f32; n * d];
     embedding::embedding(&mut x, m.embed(), d, &tokens);
+    let out = if crate::decode_team::applies(n, FEW_ROWS_MAX) {
+        // Few rows: the same numbers on a team of the pool's threads, without a fork/join per product.
+        crate::decode_team::forward(dw, x, &positions, &spans, caches)
+    } else {
+        layers_fork_join(dw, &mut x, &positions, &spans, caches);
+        // Only each row's last token needs the head: (rows, D) -> (rows, out_width).
+        let last: Vec<f32> = spans.iter().flat_map(|s| x[(s.offset + s.len - 1) * d..(s.offset + s.len) * d].iter().copied()).collect();
+        let rows = spans.len();
+        let (mut hl, mut rl) = (vec![0.0; rows * d], vec![0.0; rows]);
+        norm::rmsnorm(&mut hl, &mut rl, &last, m.final_norm(), c.rms_norm_eps);
+        let mut out = vec![0.0; rows * m.out_width()];
+        linear_few_rows(&mut out, &hl, dw.w(m.head_index()), rows, d, m.out_width());
+        out
+    };
+    for (s, cache) in spans.iter().zip(caches.iter_mut()) {
+        cache.len += s.len;
+    }
+    Ok(out.chunks(m.out_width()).map(|r| r.to_vec()).collect())
+}
+
+/// Rows of at most this many tokens decode with [`crate::decode_team`] (and, for f32 weights,
+/// the few-row product instead of gemm in either path).
+const FEW_ROWS_MAX: usize = 8;
+
+/// The decoder layers of [`forward_cached`] as one fork/join per operation: the path for many
+/// rows (prefill, large batches), where each product is long enough for its fork/join.
+fn layers_fork_join(dw: &DecodeWeights<'_>, x: &mut [f32], positions: &[usize], spans: &[crate::ops::Span], caches: &mut [&mut KvCache]) {
+    let m = dw.model;
+    let c = &m.config;
+    let table = m.rope_table();
+    let n = positions.len();
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let (qd, kvd) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let sh = AttnShape { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
     let (mut h, mut rstd) = (vec![0.0f32; n * d], vec![0.0f32; n]);
     for l in 0..c.num_hidden_layers {
         let wi = |j| Llama::layer_index(l, j);
-        norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::ATTN_NORM), c.rms_norm_eps);
+        norm::rmsnorm(&mut h, &mut rstd, &*x, m.layer_param(l, model::ATTN_NORM), c.rms_norm_eps);
         let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
         project(dw, &h, n, d, &mut [(&mut q, wi(model::WQ), qd), (&mut k, wi(model::WK), kvd), (&mut v, wi(model::WV), kvd)]);
         rope::rope(&mut q, &positions, c.num_attention_heads, table, rope::Direction::Forward);
@@ -390,25 +475,13 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
         let mut o = vec![0.0; n * d];
         project(dw, &att, n, qd, &mut [(&mut o, wi(model::WO), d)]);
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        norm::rmsnorm(&mut h, &mut rstd, &x, m.layer_param(l, model::MLP_NORM), c.rms_norm_eps);
+        norm::rmsnorm(&mut h, &mut rstd, &*x, m.layer_param(l, model::MLP_NORM), c.rms_norm_eps);
         let (mut g, mut u, mut a) = (vec![0.0; n * f], vec![0.0; n * f], vec![0.0; n * f]);
         project(dw, &h, n, d, &mut [(&mut g, wi(model::WG), f), (&mut u, wi(model::WU), f)]);
         swiglu::swiglu(&mut a, &g, &u);
         project(dw, &a, n, f, &mut [(&mut o, wi(model::WD), d)]);
         x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
     }
-    for (s, cache) in spans.iter().zip(caches.iter_mut()) {
-        cache.len += s.len;
-    }
-    // Only each row's last token needs the head: (rows, D) -> (rows, out_width).
-    let last: Vec<f32> = spans.iter().flat_map(|s| x[(s.offset + s.len - 1) * d..(s.offset + s.len) * d].iter().copied()).collect();
-    let rows = spans.len();
-    let (mut hl, mut rl) = (vec![0.0; rows * d], vec![0.0; rows]);
-    norm::rmsnorm(&mut hl, &mut rl, &last, m.final_norm(), c.rms_norm_eps);
-    let ow = m.out_width();
-    let mut out = vec![0.0; rows * ow];
-    linear_few_rows(&mut out, &hl, dw.w(m.head_index()), rows, d, ow);
-    Ok(out.chunks(ow).map(|r| r.to_vec()).collect())
 }
 
 /// Greedy choice: the highest logit, the lowest id on ties (as torch.argmax).

@@ -15,6 +15,7 @@ pub mod rng;
 pub mod ops;
 pub mod model;
 pub mod generate;
+mod decode_team;
 pub mod optim;
 pub mod schedule;
 pub mod bench;

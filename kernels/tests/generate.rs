@@ -236,3 +236,48 @@ fn sampling_equals_the_obvious_sampler() {
         }
     }
 }
+
+/// Few-row decoding steps run on a team of the pool's threads (`decode_team`), with the
+/// features and heads split among them; one thread takes the fork/join path. Every logit must
+/// be the same bits on 1, 2 and 3 threads, for f32 and bf16 weights, for single-token steps of
+/// several rows and for short prefills (causal attention inside the step), on a shape whose
+/// widths are not multiples of the 64-feature blocks.
+#[test]
+fn decode_team_matches_the_fork_join_path() {
+    let c = LlamaConfig {
+        vocab_size: 97, hidden_size: 136, intermediate_size: 200, num_hidden_layers: 2, num_attention_heads: 4,
+        num_key_value_heads: 2, head_dim: 34, rms_norm_eps: 1e-5, rope_theta: 10000.0, max_position_embeddings: 64,
+        tie_word_embeddings: false, bos_token_id: None, eos_token_ids: vec![], pad_token_id: None, head: Head::LanguageModel,
+    };
+    let m = Llama::new_random(c, 5);
+    let run = |threads: usize, precision: WeightPrecision| -> Vec<Vec<u32>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let dw = DecodeWeights::new(&m, precision);
+            let mut caches: Vec<KvCache> = (0..3).map(|_| KvCache::new(2)).collect();
+            let mut bits = Vec::new();
+            // Prefills of 5, 1 and 8 tokens (each at most 8: the team path), then steps of 3 rows.
+            for (r, len) in [5usize, 1, 8].into_iter().enumerate() {
+                let p: Vec<u32> = (0..len as u32).map(|i| (i * 7 + r as u32 * 13) % 97).collect();
+                let out = forward_cached(&dw, &[&p], &mut [&mut caches[r]]).unwrap();
+                bits.push(out[0].iter().map(|x| x.to_bits()).collect());
+            }
+            for step in 0..4u32 {
+                let toks: Vec<[u32; 1]> = (0..3u32).map(|r| [(step * 31 + r * 17) % 97]).collect();
+                let new: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+                let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+                for row in forward_cached(&dw, &new, &mut refs).unwrap() {
+                    bits.push(row.iter().map(|x| x.to_bits()).collect());
+                }
+            }
+            bits
+        })
+    };
+    for precision in [WeightPrecision::F32, WeightPrecision::Bf16] {
+        let one = run(1, precision);
+        assert_eq!(one.len(), 15);
+        for threads in [2, 3] {
+            assert!(one == run(threads, precision), "{threads} threads ({precision:?}) differ from one thread");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! only on (seed, split, i), so a larger size appends rows and row-wise stages downstream
 //! recompute only the new ones.
 
-use datasets::world::{generate_dialogues, generate_split, DialogueSplit, Split, WorldConfig};
+use datasets::world::{generate_dialogues, generate_open_preferences, generate_split, DialogueSplit, Split, WorldConfig, OPEN_PREFERENCES};
 use graph::{ArtifactType, ParamSpec, Port, RunCtx, Stage, StageError};
 
 use crate::common::write_output_table;
@@ -46,6 +46,11 @@ impl Stage for AssistantWorld {
             "Ghost Attention training dialogues: id, instruction, short_form, system, turns, prompts, categories, judges",
         ));
         ports.push(Port::new(DialogueSplit::Eval.as_str(), ArtifactType::Table, "evaluation dialogues for instruction adherence by turn (dialogue schema)"));
+        ports.push(Port::new(
+            OPEN_PREFERENCES,
+            ArtifactType::Table,
+            "the world's \"open-source\" preference pairs (preference-pair schema, all `train`): written answers, not model samples, rated by the simulated annotator; the reward models' `extra` data",
+        ));
         ports
     }
     fn params(&self) -> Vec<ParamSpec> {
@@ -79,6 +84,7 @@ impl Stage for AssistantWorld {
             ParamSpec::int("dialogue_max_turns", 1, 1000, Some(d.max_turns as i64), "most turns of a GAtt dialogue (uniform in between)").added_later(),
             ParamSpec::int("eval_dialogue_turns", 1, 1000, Some(d.eval_turns as i64), "turns of every eval dialogue").added_later(),
             ParamSpec::float("dialogue_short_share", 0.0, 1.0, Some(d.short_share), "share of GAtt dialogues whose system text is the instruction's short form").added_later(),
+            ParamSpec::int("open_preferences", 0, MAX_ROWS, Some(s.open_preferences as i64), "rows of `open_preferences` (0: an empty table)").added_later(),
         ]
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
@@ -91,6 +97,8 @@ impl Stage for AssistantWorld {
             let batch = generate_dialogues(&cfg, split).map_err(|e| StageError::wrap(format!("generating split `{}`", split.as_str()), e))?;
             write_output_table(ctx, split.as_str(), &batch)?;
         }
+        let open = generate_open_preferences(&cfg).map_err(|e| StageError::wrap(format!("generating split `{OPEN_PREFERENCES}`"), e))?;
+        write_output_table(ctx, OPEN_PREFERENCES, &open)?;
         Ok(())
     }
 }
@@ -118,6 +126,7 @@ fn config(ctx: &RunCtx<'_>) -> Result<WorldConfig, StageError> {
     cfg.dialogues.max_turns = size("dialogue_max_turns")?;
     cfg.dialogues.eval_turns = size("eval_dialogue_turns")?;
     cfg.dialogues.short_share = p.float("dialogue_short_share")?;
+    cfg.sizes.open_preferences = size("open_preferences")?;
     cfg.validate().map_err(|e| StageError::wrap("world options", e))?;
     Ok(cfg)
 }
@@ -140,6 +149,7 @@ mod tests {
             ("eval_borderline", 1),
             ("gatt_dialogues", 4),
             ("eval_dialogues", 2),
+            ("open_preferences", 6),
         ];
         let over: Vec<(&str, ParamValue)> = sizes.iter().map(|(k, v)| (*k, ParamValue::Int(*v))).collect();
         let params = testing::params(&AssistantWorld, &over);
@@ -162,7 +172,7 @@ mod tests {
         };
         let base = record("");
         assert!(base.params.contains_key("sft") && base.params.contains_key("eval_share"));
-        for name in ["gatt_dialogues", "eval_dialogues", "dialogue_min_turns", "dialogue_max_turns", "eval_dialogue_turns", "dialogue_short_share"] {
+        for name in ["gatt_dialogues", "eval_dialogues", "dialogue_min_turns", "dialogue_max_turns", "eval_dialogue_turns", "dialogue_short_share", "open_preferences"] {
             assert!(!base.params.contains_key(name), "{name} is in the fingerprint at its default");
         }
         // Spelling a default out changes nothing; another value does.

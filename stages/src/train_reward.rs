@@ -30,7 +30,8 @@ impl Stage for TrainReward {
     }
     fn version(&self) -> u32 {
         // 2: the report counts the held-out pairs behind each accuracy (`gold_pairs_by_rating`).
-        2
+        // 3: the `extra` input; the report's `mix` counts extra pairs.
+        3
     }
     fn data_parallel(&self) -> bool {
         true
@@ -43,6 +44,11 @@ impl Stage for TrainReward {
             Port::new("pairs", ArtifactType::Table, "preference pairs (train and test splits)"),
             Port::new("init", ArtifactType::Model, "the policy the reward model starts from"),
             Port::optional("prompts", ArtifactType::Table, "prompt tables with `id` and `category`, for accuracy per family"),
+            Port::optional(
+                "extra",
+                ArtifactType::Table,
+                "more preference pairs from elsewhere (the paper's open-source data; e.g. `assistant_world.open_preferences` or an imported table): their `train` rows join the other-data share of the mix",
+            ),
         ]
     }
     fn outputs(&self) -> Vec<Port> {
@@ -77,7 +83,11 @@ impl Stage for TrainReward {
         };
         let policy = Loaded::load(ctx.input("init")?, "input `init`")?;
         let mut rm = policy.reward_model_init(ctx.seed)?;
-        let (train_set, mix) = training_mix(&pairs, &cfg.track, cfg.other_ratio, ctx.seed);
+        let extra = match ctx.input_opt("extra") {
+            Some(_) => read_pairs(&read_input_table(ctx, "extra")?, "extra")?,
+            None => Vec::new(),
+        };
+        let (train_set, mix) = training_mix(&pairs, &extra, &cfg.track, cfg.other_ratio, ctx.seed);
         if train_set.is_empty() {
             return Err(StageError::Message(format!("no `train` pairs for the {} reward model (of {} pairs)", cfg.track, pairs.len())));
         }
@@ -164,18 +174,36 @@ fn order_key(seed: u64, salt: &str, id: &str) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// The training pairs of a node: every `train` pair of its track plus `other_ratio` times as
-/// many `train` pairs of the other track (a seeded choice, stable per pair id so that adding
-/// pairs changes the choice little). Returns the pairs and the counts.
-pub fn training_mix(pairs: &[PreferencePairRow], track: &str, other_ratio: f64, seed: u64) -> (Vec<PreferencePairRow>, serde_json::Value) {
+/// The training pairs of a node: every collected `train` pair of its track plus `other_ratio`
+/// times as many "other" pairs, drawn from the collected `train` pairs of the other track and
+/// the `train` rows of `extra` (the paper's open-source data, any track) together: a seeded
+/// choice, stable per pair id, so that adding pairs changes the choice little. As in the paper,
+/// helpfulness takes its own data and an equal amount of everything else; safety 90/10.
+/// Returns the pairs and the counts.
+pub fn training_mix(
+    pairs: &[PreferencePairRow],
+    extra: &[PreferencePairRow],
+    track: &str,
+    other_ratio: f64,
+    seed: u64,
+) -> (Vec<PreferencePairRow>, serde_json::Value) {
     let train: Vec<&PreferencePairRow> = pairs.iter().filter(|p| p.split == "train").collect();
     let own: Vec<PreferencePairRow> = train.iter().filter(|p| p.track == track).map(|p| (*p).clone()).collect();
-    let mut other: Vec<&PreferencePairRow> = train.iter().filter(|p| p.track != track).copied().collect();
-    other.sort_by_key(|p| order_key(seed, "mix", &p.id));
+    let mut other: Vec<(&PreferencePairRow, bool)> = train.iter().filter(|p| p.track != track).map(|p| (*p, false)).collect();
+    other.extend(extra.iter().filter(|p| p.split == "train").map(|p| (p, true)));
+    other.sort_by_key(|(p, from_extra)| order_key(seed, if *from_extra { "mix/extra" } else { "mix" }, &p.id));
     let n_other = ((own.len() as f64 * other_ratio).round() as usize).min(other.len());
-    let mix = serde_json::json!({ "own": own.len(), "other": n_other, "other_available": other.len(), "other_ratio": other_ratio });
+    let chosen = &other[..n_other];
+    let mix = serde_json::json!({
+        "own": own.len(),
+        "other": n_other,
+        "other_from_extra": chosen.iter().filter(|(_, e)| *e).count(),
+        "other_available": other.len(),
+        "extra_available": other.iter().filter(|(_, e)| *e).count(),
+        "other_ratio": other_ratio,
+    });
     let mut all = own;
-    all.extend(other.into_iter().take(n_other).cloned());
+    all.extend(chosen.iter().map(|(p, _)| (*p).clone()));
     (all, mix)
 }
 
@@ -349,14 +377,31 @@ mod tests {
             pairs.push(pair(&format!("h{i}"), "helpfulness", "train", "a", "b", Rating::Better, (1.0, 0.0)));
         }
         pairs.push(pair("t", "safety", "test", "a", "b", Rating::Better, (1.0, 0.0)));
-        let (s, _) = training_mix(&pairs, "safety", paper_other_ratio("safety"), 1);
+        let (s, _) = training_mix(&pairs, &[], "safety", paper_other_ratio("safety"), 1);
         assert_eq!(s.len(), 100);
         assert_eq!(s.iter().filter(|p| p.track == "helpfulness").count(), 10);
-        let (h, mix) = training_mix(&pairs, "helpfulness", paper_other_ratio("helpfulness"), 1);
+        let (h, mix) = training_mix(&pairs, &[], "helpfulness", paper_other_ratio("helpfulness"), 1);
         // Equal amount wanted (200) but only 90 safety pairs exist.
         assert_eq!(h.len(), 290);
         assert_eq!(mix["other"], 90);
         assert!(h.iter().all(|p| p.split == "train"));
+
+        // Extra pairs (any track, `train` rows only) fill the other share beside the other track.
+        let mut extra: Vec<PreferencePairRow> =
+            (0..300).map(|i| pair(&format!("open-{i}"), if i % 3 == 0 { "safety" } else { "helpfulness" }, "train", "a", "b", Rating::Better, (1.0, 0.0))).collect();
+        extra.push(pair("open-test", "helpfulness", "test", "a", "b", Rating::Better, (1.0, 0.0)));
+        let (h2, mix2) = training_mix(&pairs, &extra, "helpfulness", 1.0, 1);
+        assert_eq!(h2.len(), 400);
+        assert_eq!(mix2["other"], 200);
+        assert_eq!(mix2["extra_available"], 300);
+        let from_extra = h2.iter().filter(|p| p.id.starts_with("open-")).count();
+        assert_eq!(mix2["other_from_extra"], from_extra);
+        // Drawn from both sources in proportion (300 of 390), not one source first.
+        assert!((120..=190).contains(&from_extra), "{from_extra} of 200 from extra");
+        assert!(h2.iter().all(|p| p.id != "open-test"));
+        // The collected pairs the mix picks without extra data keep their order among themselves.
+        let first_safety = |v: &[PreferencePairRow]| v.iter().find(|p| p.track == "safety" && !p.id.starts_with("open-")).map(|p| p.id.clone());
+        assert_eq!(first_safety(&h2), first_safety(&h));
     }
 
     #[test]

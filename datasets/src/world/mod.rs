@@ -14,6 +14,7 @@
 //! chained `sample_task` turns under a `judge::Instruction`, with their own table schema.
 
 pub mod dialogues;
+pub mod open_pairs;
 mod rng;
 mod tasks;
 pub mod vocab;
@@ -24,6 +25,7 @@ pub use dialogues::{
     DialogueConfig, DialogueRow, DialogueSplit, dialogue_row, dialogue_rows, dialogues_batch, dialogues_schema,
     generate_dialogues,
 };
+pub use open_pairs::{OPEN_ANNOTATOR, OPEN_PREFERENCES, generate_open_preferences, open_preference_row, open_preference_rows};
 pub use rng::Rng;
 pub use tasks::{Draw, Task, badly_formed_answer, compliance_answer, fact, filler_answer, sample_task};
 
@@ -44,6 +46,8 @@ pub struct SplitSizes {
     /// Uniform over the eight families (row `i` has family `i % 8`).
     pub eval: usize,
     pub eval_borderline: usize,
+    /// Rows of the world's "open-source" preference pairs (`open_pairs`; 0 = none).
+    pub open_preferences: usize,
 }
 
 /// How the flawed demonstrations are mixed (the world doc's "imperfect on purpose").
@@ -93,6 +97,7 @@ impl WorldConfig {
                 preference_prompts: 4000,
                 eval: 400,
                 eval_borderline: 120,
+                open_preferences: 0,
             },
             eval_share: 0.25,
             pretrain_items_per_row: 8,

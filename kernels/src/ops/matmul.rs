@@ -192,7 +192,7 @@ pub struct FewRows<'a> {
 /// prefetched, which keeps enough reads in flight to run near the memory bandwidth.
 pub fn linear_few_rows_many(x: &[f32], m: usize, k: usize, outs: &mut [FewRows<'_>]) {
     use rayon::prelude::*;
-    const BLOCK: usize = 64;
+    const BLOCK: usize = FEW_ROWS_BLOCK;
     assert_eq!(x.len(), m * k, "linear_few_rows: x");
     for o in outs.iter() {
         assert_eq!(o.y.len(), m * o.n, "linear_few_rows: y");
@@ -206,29 +206,39 @@ pub fn linear_few_rows_many(x: &[f32], m: usize, k: usize, outs: &mut [FewRows<'
             tasks.push((o.w, bi * BLOCK, chunk));
         }
     }
-    tasks.into_par_iter().for_each(|(w, j0, out)| {
-        let feats = out.len() / m;
-        let mut jj = 0;
-        while jj < feats {
-            let take = if feats - jj >= 4 { 4 } else { 1 };
-            let j = j0 + jj;
-            for r in 0..m {
-                let xr = &x[r * k..(r + 1) * k];
-                let mut got = [0.0f32; 4];
-                dot_rows(xr, w, j, take, &mut got[..take], r == 0);
-                for (i, g) in got[..take].iter().enumerate() {
-                    out[(jj + i) * m + r] = *g;
-                }
-            }
-            jj += take;
-        }
-    });
+    tasks.into_par_iter().for_each(|(w, j0, out)| few_rows_block(x, m, k, w, j0, out));
     for (o, yt) in outs.iter_mut().zip(&yts) {
         for j in 0..o.n {
             for r in 0..m {
                 o.y[r * o.n + j] = yt[j * m + r];
             }
         }
+    }
+}
+
+/// The output features per task of [`linear_few_rows_many`] (a multiple of 4, so a task
+/// starts on a packed group of four).
+pub const FEW_ROWS_BLOCK: usize = 64;
+
+/// Output features `j0 .. j0 + out.len() / m` of `x (m, k) @ Wᵀ`, written feature-major into
+/// `out` ((features, m)): four weight rows at a time, single rows only at the end of the
+/// matrix. The one loop behind every few-row product (a feature's sum does not depend on
+/// which call or thread computes it).
+pub fn few_rows_block(x: &[f32], m: usize, k: usize, w: WeightRef<'_>, j0: usize, out: &mut [f32]) {
+    let feats = out.len() / m;
+    let mut jj = 0;
+    while jj < feats {
+        let take = if feats - jj >= 4 { 4 } else { 1 };
+        let j = j0 + jj;
+        for r in 0..m {
+            let xr = &x[r * k..(r + 1) * k];
+            let mut got = [0.0f32; 4];
+            dot_rows(xr, w, j, take, &mut got[..take], r == 0);
+            for (i, g) in got[..take].iter().enumerate() {
+                out[(jj + i) * m + r] = *g;
+            }
+        }
+        jj += take;
     }
 }
 
@@ -278,24 +288,35 @@ fn dot_rows(x: &[f32], w: WeightRef<'_>, j: usize, rows: usize, out: &mut [f32],
 /// forward stream instead of four, which the hardware prefetchers follow better (measured in
 /// BENCHMARKS-engine.md, "Session 9"). Sums over a packed weight are bit-identical to sums over
 /// the plain one.
-pub fn pack_rows<T: Copy>(w: &[T], k: usize) -> Vec<T> {
+pub fn pack_rows<T: Copy + Default>(w: &[T], k: usize) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
+    pack_rows_into(w, k, &mut out);
+    out
+}
+
+/// [`pack_rows`] into `out` (as long as `w`).
+pub fn pack_rows_into<T: Copy>(w: &[T], k: usize, out: &mut [T]) {
     assert!(k > 0 && w.len() % k == 0, "pack_rows: {} values are not rows of {k}", w.len());
+    assert_eq!(out.len(), w.len(), "pack_rows: output length");
     let groups = w.len() / k / 4;
     let k16 = k - k % 16;
-    let mut out = Vec::with_capacity(w.len());
+    let mut at = 0;
+    let mut put = |src: &[T]| {
+        out[at..at + src.len()].copy_from_slice(src);
+        at += src.len();
+    };
     for g in 0..groups {
         let rows = &w[g * 4 * k..(g + 1) * 4 * k];
         for c in (0..k16).step_by(16) {
             for r in 0..4 {
-                out.extend_from_slice(&rows[r * k + c..r * k + c + 16]);
+                put(&rows[r * k + c..r * k + c + 16]);
             }
         }
         for r in 0..4 {
-            out.extend_from_slice(&rows[r * k + k16..(r + 1) * k]);
+            put(&rows[r * k + k16..(r + 1) * k]);
         }
     }
-    out.extend_from_slice(&w[groups * 4 * k..]);
-    out
+    put(&w[groups * 4 * k..]);
 }
 
 /// Row `row` of a weight packed by [`pack_rows`], in plain order.
@@ -393,8 +414,11 @@ mod simd {
     dot_rows_kernel!(dot_rows_f32, f32, load_f32, |v: f32| v);
     dot_rows_kernel!(dot_rows_bf16, u16, load_bf16, |v: u16| f32::from_bits((v as u32) << 16));
 
-    /// How far ahead of the block being summed a packed group prefetches (bytes).
-    const PACKED_PREFETCH: usize = 1024;
+    /// How far ahead of the block being summed a packed group prefetches (bytes): about a
+    /// memory latency's worth of a thread's stream at 40 GB/s. 1 KiB was as good on a host
+    /// reading 23-50 GB/s; at 80-90 GB/s, 4 and 8 KiB decoded SmolLM2 5% faster
+    /// (BENCHMARKS-engine.md, "Session 10").
+    const PACKED_PREFETCH: usize = 4096;
 
     macro_rules! dot_packed_kernel {
         ($name:ident, $elem:ty, $load:ident, $scalar:expr) => {

@@ -19,6 +19,7 @@ pub mod matmul;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
+pub mod pages;
 
 /// One row of a packed batch: tokens `offset .. offset + len` of the (N, ·) tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

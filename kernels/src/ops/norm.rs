@@ -77,7 +77,7 @@ pub fn rmsnorm_backward(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w
 
 simd_kernel! {
     /// One row of [`rmsnorm`]: writes y, returns rstd.
-    fn rmsnorm_row(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) -> f32 {
+    pub(crate) fn rmsnorm_row(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) -> f32 {
         let ms = super::dot_plain(x, x) / w.len() as f32;
         let r = 1.0 / (ms + eps).sqrt();
         for ((o, &v), &wc) in y.iter_mut().zip(x).zip(w) {

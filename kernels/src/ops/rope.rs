@@ -82,19 +82,30 @@ pub fn rope(x: &mut [f32], pos: &[usize], heads: usize, table: &RopeTable, dir: 
 /// [`rope`] on `heads` heads starting at column `col0` of rows `width` wide (e.g. the q or k
 /// columns of a fused q/k/v product); other columns are untouched.
 pub fn rope_cols(x: &mut [f32], width: usize, col0: usize, pos: &[usize], heads: usize, table: &RopeTable, dir: Direction) {
+    x.par_chunks_mut(width).zip(pos.par_iter()).for_each(|(xt, &p)| rope_row(xt, col0, p, heads, table, dir));
+}
+
+/// [`rope`] on one thread (callers that already split work across threads).
+pub(crate) fn rope_serial(x: &mut [f32], pos: &[usize], heads: usize, table: &RopeTable, dir: Direction) {
+    let width = heads * 2 * table.half;
+    for (xt, &p) in x.chunks_mut(width).zip(pos) {
+        rope_row(xt, 0, p, heads, table, dir);
+    }
+}
+
+/// One token's row of [`rope_cols`]: `heads` heads from column `col0`, at position `p`.
+fn rope_row(xt: &mut [f32], col0: usize, p: usize, heads: usize, table: &RopeTable, dir: Direction) {
     let half = table.half;
     let hd = 2 * half;
-    x.par_chunks_mut(width).zip(pos.par_iter()).for_each(|(xt, &p)| {
-        let cos = &table.cos[p * half..(p + 1) * half];
-        let sin = &table.sin[p * half..(p + 1) * half];
-        let sign = if dir == Direction::Forward { 1.0 } else { -1.0 };
-        for xh in xt[col0..col0 + heads * hd].chunks_mut(hd) {
-            let (a, b) = xh.split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
-                a[i] = x1 * cos[i] - x2 * s;
-                b[i] = x2 * cos[i] + x1 * s;
-            }
+    let cos = &table.cos[p * half..(p + 1) * half];
+    let sin = &table.sin[p * half..(p + 1) * half];
+    let sign = if dir == Direction::Forward { 1.0 } else { -1.0 };
+    for xh in xt[col0..col0 + heads * hd].chunks_mut(hd) {
+        let (a, b) = xh.split_at_mut(half);
+        for i in 0..half {
+            let (x1, x2, s) = (a[i], b[i], sign * sin[i]);
+            a[i] = x1 * cos[i] - x2 * s;
+            b[i] = x2 * cos[i] + x1 * s;
         }
-    });
+    }
 }

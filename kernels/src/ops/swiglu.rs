@@ -10,7 +10,7 @@ const CHUNK: usize = 4096;
 
 simd_kernel! {
     /// `a = silu(g) * u` over one chunk (the sigmoid from [`super::exp_one`]).
-    fn swiglu_chunk(a: &mut [f32], g: &[f32], u: &[f32]) {
+    pub(crate) fn swiglu_chunk(a: &mut [f32], g: &[f32], u: &[f32]) {
         for ((o, &x), &up) in a.iter_mut().zip(g).zip(u) {
             *o = sigmoid_one(x) * (x * up);
         }
