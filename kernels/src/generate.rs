@@ -461,8 +461,8 @@ fn layers_fork_join(dw: &DecodeWeights<'_>, x: &mut [f32], positions: &[usize], 
         norm::rmsnorm(&mut h, &mut rstd, &*x, m.layer_param(l, model::ATTN_NORM), c.rms_norm_eps);
         let (mut q, mut k, mut v) = (vec![0.0; n * qd], vec![0.0; n * kvd], vec![0.0; n * kvd]);
         project(dw, &h, n, d, &mut [(&mut q, wi(model::WQ), qd), (&mut k, wi(model::WK), kvd), (&mut v, wi(model::WV), kvd)]);
-        rope::rope(&mut q, &positions, c.num_attention_heads, table, rope::Direction::Forward);
-        rope::rope(&mut k, &positions, c.num_key_value_heads, table, rope::Direction::Forward);
+        rope::rope(&mut q, positions, c.num_attention_heads, table, rope::Direction::Forward);
+        rope::rope(&mut k, positions, c.num_key_value_heads, table, rope::Direction::Forward);
         for (s, cache) in spans.iter().zip(caches.iter_mut()) {
             cache.k[l].extend_from_slice(&k[s.offset * kvd..(s.offset + s.len) * kvd]);
             cache.v[l].extend_from_slice(&v[s.offset * kvd..(s.offset + s.len) * kvd]);

@@ -109,7 +109,8 @@ fn with_tail(text: &str, rng: &mut Rng) -> String {
         if rng.chance(0.3) {
             s.push_str(&rng.range(0, 40).to_string());
         } else {
-            s.push_str(*rng.pick(&SHORT_WORDS));
+            let w: &&str = rng.pick(&SHORT_WORDS);
+            s.push_str(w);
         }
     }
     s

@@ -415,10 +415,11 @@ mod simd {
     dot_rows_kernel!(dot_rows_bf16, u16, load_bf16, |v: u16| f32::from_bits((v as u32) << 16));
 
     /// How far ahead of the block being summed a packed group prefetches (bytes): about a
-    /// memory latency's worth of a thread's stream at 40 GB/s. 1 KiB was as good on a host
-    /// reading 23-50 GB/s; at 80-90 GB/s, 4 and 8 KiB decoded SmolLM2 5% faster
-    /// (BENCHMARKS-engine.md, "Session 10").
-    const PACKED_PREFETCH: usize = 4096;
+    /// memory latency's worth of a thread's stream at 40 GB/s. 1 KiB was as good on hosts
+    /// reading 23-50 GB/s; on the AMD host reading 80-90 GB/s, SmolLM2 decoded 5% faster with
+    /// 4 KiB and 4% faster again with 8 KiB; 16 KiB was no better (BENCHMARKS-engine.md,
+    /// "Session 10").
+    const PACKED_PREFETCH: usize = 8192;
 
     macro_rules! dot_packed_kernel {
         ($name:ident, $elem:ty, $load:ident, $scalar:expr) => {
