@@ -74,10 +74,7 @@ impl<T: bytemuck::Zeroable + Copy + Send + Sync> Packed<T> {
             parts.push((idx, part));
             rest = tail;
         }
-        parts.into_par_iter().for_each(|(idx, out)| {
-            let w: Vec<T> = params[idx].iter().map(|&x| convert(x)).collect();
-            pack_rows_into(&w, model.specs()[idx].shape[1], out);
-        });
+        parts.into_par_iter().for_each(|(idx, out)| pack_rows_into(&params[idx], model.specs()[idx].shape[1], out, &convert));
         Packed { buf, at }
     }
 

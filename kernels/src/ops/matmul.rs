@@ -290,19 +290,22 @@ fn dot_rows(x: &[f32], w: WeightRef<'_>, j: usize, rows: usize, out: &mut [f32],
 /// the plain one.
 pub fn pack_rows<T: Copy + Default>(w: &[T], k: usize) -> Vec<T> {
     let mut out = vec![T::default(); w.len()];
-    pack_rows_into(w, k, &mut out);
+    pack_rows_into(w, k, &mut out, |v| v);
     out
 }
 
-/// [`pack_rows`] into `out` (as long as `w`).
-pub fn pack_rows_into<T: Copy>(w: &[T], k: usize, out: &mut [T]) {
+/// [`pack_rows`] into `out` (as long as `w`), each value converted by `convert` on the way
+/// (to bf16 bits, or the identity), so no converted copy of the whole matrix is made first.
+pub fn pack_rows_into<S: Copy, T>(w: &[S], k: usize, out: &mut [T], convert: impl Fn(S) -> T) {
     assert!(k > 0 && w.len() % k == 0, "pack_rows: {} values are not rows of {k}", w.len());
     assert_eq!(out.len(), w.len(), "pack_rows: output length");
     let groups = w.len() / k / 4;
     let k16 = k - k % 16;
     let mut at = 0;
-    let mut put = |src: &[T]| {
-        out[at..at + src.len()].copy_from_slice(src);
+    let mut put = |src: &[S]| {
+        for (o, &v) in out[at..at + src.len()].iter_mut().zip(src) {
+            *o = convert(v);
+        }
         at += src.len();
     };
     for g in 0..groups {
