@@ -19,7 +19,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use super::rng::Rng;
 use super::tasks::{Draw, sample_task};
-use super::{WorldConfig, row_id_str};
+use super::{WorldConfig, row_id_str, train_draw};
 use crate::error::{DataError, Result};
 use crate::judge::{Family, Instruction, JudgeInput, JudgeSpec};
 use crate::table;
@@ -247,9 +247,9 @@ pub fn dialogue_row(cfg: &WorldConfig, split: DialogueSplit, index: usize) -> Re
         DialogueSplit::Gatt => {
             let turns = d.min_turns + rng.below(d.max_turns - d.min_turns + 1);
             let short = rng.chance(d.short_share);
-            (turns, short, Draw { seed: cfg.seed, eval: false, eval_share: cfg.eval_share, slot: None })
+            (turns, short, train_draw(cfg))
         }
-        DialogueSplit::Eval => (d.eval_turns, false, Draw { seed: cfg.seed, eval: true, eval_share: cfg.eval_share, slot: None }),
+        DialogueSplit::Eval => (d.eval_turns, false, Draw { eval: true, ..train_draw(cfg) }),
     };
     let mut row = DialogueRow {
         id: row_id_str(split.as_str(), index),

@@ -257,7 +257,7 @@ pub(crate) fn row_id_str(table: &str, index: usize) -> String {
 }
 
 /// The training-pool draw for this config.
-fn train_draw(cfg: &WorldConfig) -> Draw {
+pub(crate) fn train_draw(cfg: &WorldConfig) -> Draw {
     Draw { seed: cfg.seed, eval: false, eval_share: cfg.eval_share, slot: None }
 }
 

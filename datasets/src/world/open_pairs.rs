@@ -15,9 +15,9 @@
 use arrow_array::RecordBatch;
 
 use super::rng::Rng;
-use super::tasks::{Draw, badly_formed_answer, compliance_answer, filler_answer, sample_task};
+use super::tasks::{Draw, Task, badly_formed_answer, compliance_answer, filler_answer, sample_task};
 use super::vocab::{self, BORDERLINE_TOPICS, CAPITALS, SHORT_WORDS};
-use super::{WorldConfig, row_id_str};
+use super::{WorldConfig, row_id_str, train_draw};
 use crate::annotate::{AnnotatorConfig, PairContext, annotate, pair_row};
 use crate::error::Result;
 use crate::judge::{Family, JudgeInput, JudgeSpec, canonical_answer};
@@ -57,7 +57,7 @@ fn wrong_spec(spec: &JudgeSpec, rng: &mut Rng) -> Option<JudgeSpec> {
                 _ => other_word(word, rng).chars().rev().collect(),
             };
             if wrong == *answer {
-                return wrong_spec(&JudgeSpec::Reverse { word: word.clone(), answer: answer.clone() }, rng);
+                return wrong_spec(spec, rng);
             }
             JudgeSpec::Reverse { word: word.clone(), answer: wrong }
         }
@@ -166,10 +166,7 @@ fn candidates(family: Family, spec: &JudgeSpec, item: usize, d: &Draw, rng: &mut
 /// Row `index` of the open preference table (see the module docs). Deterministic from
 /// `(cfg.seed, index)`; never a pair whose chosen answer is unsafe and rejected one safe.
 pub fn open_preference_row(cfg: &WorldConfig, index: usize) -> Result<PreferencePairRow> {
-    let mut rng = Rng::for_key(cfg.seed, OPEN_PREFERENCES, index as u64);
-    let d = Draw { seed: cfg.seed, eval: false, eval_share: cfg.eval_share, slot: None };
-    let family = *rng.pick(&Family::ALL);
-    let task = sample_task(family, &d, &mut rng);
+    let (mut rng, d, family, task) = row_task(cfg, index);
     let cands = candidates(family, &task.spec, task.item, &d, &mut rng);
     let row = JudgeInput::new(task.spec.clone());
     let annotator = AnnotatorConfig::standard(cfg.seed);
@@ -189,6 +186,15 @@ pub fn open_preference_row(cfg: &WorldConfig, index: usize) -> Result<Preference
         return Ok(pair_row(&ctx, &cands[i], &cands[j], &ann));
     }
     unreachable!("the loop returns")
+}
+
+/// Row `index`'s random stream, draw, family and task (the stream continues into its answers).
+fn row_task(cfg: &WorldConfig, index: usize) -> (Rng, Draw, Family, Task) {
+    let mut rng = Rng::for_key(cfg.seed, OPEN_PREFERENCES, index as u64);
+    let d = train_draw(cfg);
+    let family = *rng.pick(&Family::ALL);
+    let task = sample_task(family, &d, &mut rng);
+    (rng, d, family, task)
 }
 
 /// The first `n` rows of the open preference table.
@@ -228,7 +234,7 @@ mod tests {
     #[test]
     fn wrong_values_score_below_right_ones_in_the_same_sentence() {
         let cfg = WorldConfig::standard(3);
-        let d = Draw { seed: 3, eval: false, eval_share: cfg.eval_share, slot: None };
+        let d = train_draw(&cfg);
         let mut rng = Rng::for_key(3, "test", 0);
         for f in Family::ALL.into_iter().filter(|f| !matches!(f, Family::Unsafe | Family::Borderline)) {
             for _ in 0..50 {
@@ -268,9 +274,6 @@ mod tests {
     /// The task of a row, drawn again from its stream (the row keeps only the prompt).
     fn sample_like(cfg: &WorldConfig, r: &PreferencePairRow) -> JudgeSpec {
         let index: usize = r.id.rsplit('-').next().unwrap().parse().unwrap();
-        let mut rng = Rng::for_key(cfg.seed, OPEN_PREFERENCES, index as u64);
-        let d = Draw { seed: cfg.seed, eval: false, eval_share: cfg.eval_share, slot: None };
-        let family = *rng.pick(&Family::ALL);
-        sample_task(family, &d, &mut rng).spec
+        row_task(cfg, index).3.spec
     }
 }
