@@ -35,7 +35,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::generate::{AttnScratch, DecodeWeights, KvCache, attend_head};
+use crate::generate::{AttnScratch, DecodeWeights, KvCache, append_kv, attend_head};
 use crate::model::{self, Llama};
 use crate::ops::Span;
 use crate::ops::attention::AttnShape;
@@ -307,11 +307,7 @@ pub(crate) fn forward(dw: &DecodeWeights<'_>, mut x: Vec<f32>, positions: &[usiz
                         Kind::Qkv => {
                             rope_serial(sq.part(0..n * qd), positions, c.num_attention_heads, table, rope::Direction::Forward);
                             rope_serial(sk.part(0..n * kvd), positions, c.num_key_value_heads, table, rope::Direction::Forward);
-                            let (kk, vv) = (sk.all(), sv.all());
-                            for (sp, cache) in spans.iter().zip(scaches.part(0..spans.len()).iter_mut()) {
-                                cache.k[l].extend_from_slice(&kk[sp.offset * kvd..(sp.offset + sp.len) * kvd]);
-                                cache.v[l].extend_from_slice(&vv[sp.offset * kvd..(sp.offset + sp.len) * kvd]);
-                            }
+                            append_kv(scaches.part(0..spans.len()), spans, l, sk.all(), sv.all(), kvd);
                         }
                         Kind::Out | Kind::Down => {
                             let xs = sx.part(0..n * d);

@@ -438,6 +438,15 @@ pub fn forward_cached(dw: &DecodeWeights<'_>, new: &[&[u32]], caches: &mut [&mut
     Ok(out.chunks(m.out_width()).map(|r| r.to_vec()).collect())
 }
 
+/// Appends layer `l`'s keys and values of the new tokens (k, v: (n, kvd), rows `spans`) to each
+/// row's cache. `cache.len` moves on only after the last layer.
+pub(crate) fn append_kv(caches: &mut [&mut KvCache], spans: &[crate::ops::Span], l: usize, k: &[f32], v: &[f32], kvd: usize) {
+    for (s, cache) in spans.iter().zip(caches.iter_mut()) {
+        cache.k[l].extend_from_slice(&k[s.offset * kvd..(s.offset + s.len) * kvd]);
+        cache.v[l].extend_from_slice(&v[s.offset * kvd..(s.offset + s.len) * kvd]);
+    }
+}
+
 /// Rows of at most this many tokens decode with [`crate::decode_team`] (and, for f32 weights,
 /// the few-row product instead of gemm in either path).
 const FEW_ROWS_MAX: usize = 8;
@@ -460,10 +469,7 @@ fn layers_fork_join(dw: &DecodeWeights<'_>, x: &mut [f32], positions: &[usize], 
         project(dw, &h, n, d, &mut [(&mut q, wi(model::WQ), qd), (&mut k, wi(model::WK), kvd), (&mut v, wi(model::WV), kvd)]);
         rope::rope(&mut q, positions, c.num_attention_heads, table, rope::Direction::Forward);
         rope::rope(&mut k, positions, c.num_key_value_heads, table, rope::Direction::Forward);
-        for (s, cache) in spans.iter().zip(caches.iter_mut()) {
-            cache.k[l].extend_from_slice(&k[s.offset * kvd..(s.offset + s.len) * kvd]);
-            cache.v[l].extend_from_slice(&v[s.offset * kvd..(s.offset + s.len) * kvd]);
-        }
+        append_kv(caches, spans, l, &k, &v, kvd);
         let outs: Vec<Vec<f32>> = spans.par_iter().zip(caches.par_iter()).map(|(s, cache)| {
             let total = cache.len + s.len;
             cached_attention(&q[s.offset * qd..(s.offset + s.len) * qd], &cache.k[l], &cache.v[l], total, sh)
