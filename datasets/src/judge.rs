@@ -432,11 +432,12 @@ fn grade_task(spec: &JudgeSpec, text: &str) -> f32 {
     let suffix = fr.suffix.trim_end_matches('.');
     let (form, value) = if let Some(pos) = t_open.find(&prefix) {
         let rest = &t_open[pos + prefix.len()..];
-        // The value runs to the suffix, or (suffix ".") to the end of the sentence.
-        let end = if suffix.is_empty() { rest.find(". ") } else { rest.find(suffix) };
+        // The value runs to the suffix, or (suffix ".") to the first period: no value of the
+        // world contains one, so text glued to the period ("The answer is 15.ecute") is text
+        // after the sentence, not part of an exact answer.
+        let end = if suffix.is_empty() { rest.find('.').map(|e| (e, 1)) } else { rest.find(suffix).map(|e| (e, suffix.len())) };
         let (value, after, closed) = match end {
-            Some(e) if suffix.is_empty() => (&rest[..e], &rest[e..], true),
-            Some(e) => (&rest[..e], &rest[e + suffix.len()..], true),
+            Some((e, skip)) => (&rest[..e], &rest[e + skip..], true),
             None => (rest, "", suffix.is_empty()),
         };
         let exact = pos == 0 && closed && after.trim().is_empty();

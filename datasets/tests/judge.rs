@@ -56,6 +56,13 @@ fn arithmetic_grades() {
             ("The answer is 19", 1.0),
             ("Sure! The answer is 19.", 0.85),
             ("The answer is 19. I hope this helps.", 0.85),
+            // Text glued to the period is text after the sentence, never part of an exact
+            // answer (sampled answers often run on without a space).
+            ("The answer is 19.ecute", 0.85),
+            ("The answer is 19.gege.", 0.85),
+            ("The answer is 19.ilia planet charcoal and wait until it turns grey.", 0.85),
+            ("The answer is 20.ch The answer is 19.pe", 0.51),
+            ("The answer is 19 .", 1.0),
             ("Hmm, let me think. Maybe 19.", 0.7),
             ("19", 0.7),
             ("The answer is 18.", 0.6),
@@ -84,6 +91,7 @@ fn compare_count_and_capital_grades() {
             ("The capital of Peru is Lima.", 1.0),
             ("THE CAPITAL OF PERU IS LIMA.", 1.0),
             ("Good question. The capital of Peru is Lima.", 0.85),
+            ("The capital of Peru is Lima.ia", 0.85),
             ("Hmm, let me think. Maybe Lima.", 0.7),
             ("The capital of Peru is Paris.", 0.3),
             ("Maybe Oslo.", 0.21),

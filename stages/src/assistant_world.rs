@@ -30,7 +30,8 @@ impl Stage for AssistantWorld {
         "assistant_world"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
+        2
     }
     fn doc(&self) -> &'static str {
         "The embedded assistant world: seeded prompts, demonstrations and pretraining text with gold judges. One table per split."

@@ -30,7 +30,8 @@ impl Stage for CollectPreferences {
         "collect_preferences"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
+        3
     }
     fn doc(&self) -> &'static str {
         "Llama 2 preference collection: two sampled answers per prompt (policy at `temperature_a`, `policy_b` or the policy at `temperature_b`; answer B is drawn again, up to `redraws` times, while it is the same text as A), judged by the world's simulated annotator (gold choice with label noise, four-level rating, safety bins, chosen-unsafe/rejected-safe pairs dropped on the safety track), with a held-out test split; outputs all pairs so far (`previous` + new)."

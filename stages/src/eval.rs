@@ -45,7 +45,8 @@ impl Stage for Eval {
         "eval"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
+        2
     }
     fn doc(&self) -> &'static str {
         "Gold-judged evaluation of one model on prompt tables: greedy and sampled answers, helpfulness, violation rate on is_safety prompts, false refusals on ordinary and borderline prompts, per category. Row-wise and incremental."

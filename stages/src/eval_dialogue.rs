@@ -47,7 +47,8 @@ impl Stage for EvalDialogue {
         "eval_dialogue"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
+        2
     }
     fn doc(&self) -> &'static str {
         "Instruction adherence by turn: each evaluation dialogue is answered turn by turn with the instruction only at the start; per turn, whether the instruction held and the gold helpfulness. Row-wise and incremental."

@@ -33,7 +33,8 @@ impl Stage for Ppo {
         "ppo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
+        2
     }
     fn data_parallel(&self) -> bool {
         true

@@ -33,7 +33,8 @@ impl Stage for RejectionSample {
     }
     fn version(&self) -> u32 {
         // 2: each row's samples are scored on their own (rewards no longer depend on the batch).
-        2
+        // 3: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
+        3
     }
     fn doc(&self) -> &'static str {
         "Llama 2 rejection sampling: K answers per prompt at `temperature`, scored by the reward models (safety-gated combined reward), the best kept; `pool` keeps the best of earlier rounds; the report has max/median reward and the gold score of the chosen sample against K = 1, 2, 4, ..., K (Figure 7)."
