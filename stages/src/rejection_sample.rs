@@ -2,9 +2,10 @@
 //! temperature, scored by the reward models (the safety-gated combined reward), the best kept.
 //! An optional `pool` input holds the best answers of earlier rounds; the output keeps, per
 //! prompt, the best answer seen in any round (the paper's V4 change after regressions). The
-//! report gives the reward models' max and median over the first K' samples for K' = 1, 2,
-//! 4, ..., K (Figure 7), and the gold helpfulness of the sample they pick next to the gold
-//! median, so one sees whether the reward models' choice is really better.
+//! report gives the reward models' max and median for K' = 1, 2, 4, ..., K (Figure 7;
+//! expected over every K'-subset of the K samples), and the gold helpfulness of the sample
+//! they pick next to the gold median, so one sees whether the reward models' choice is
+//! really better.
 //!
 //! Row-wise over prompts: a prompt's K samples and scores are memoised per (policy, reward
 //! models, parameters). Fine-tuning on the kept answers is the SFT stage's job: the `best`
@@ -22,7 +23,7 @@ use kernels::generate::SamplingParams;
 use crate::collect_preferences::{round_rows, write_report};
 use crate::common::{read_input_table, write_output_table};
 use crate::rlhf::policy::{sample_stream, Loaded};
-use crate::rlhf::reward::{argmax, median};
+use crate::rlhf::reward::{argmax, expected_best_of, expected_median};
 use crate::rlhf::scorer::Scorer;
 
 pub struct RejectionSample;
@@ -34,7 +35,8 @@ impl Stage for RejectionSample {
     fn version(&self) -> u32 {
         // 2: each row's samples are scored on their own (rewards no longer depend on the batch).
         // 3: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
-        3
+        // 4: the report's by-K curves are expectations over every K'-subset of the samples, not the first K'.
+        4
     }
     fn doc(&self) -> &'static str {
         "Llama 2 rejection sampling: K answers per prompt at `temperature`, scored by the reward models (safety-gated combined reward), the best kept; `pool` keeps the best of earlier rounds; the report has max/median reward and the gold score of the chosen sample against K = 1, 2, 4, ..., K (Figure 7)."
@@ -275,22 +277,36 @@ pub fn k_grid(k: usize) -> Vec<usize> {
     v
 }
 
-/// The best-of-K' curves over the first K' samples of each prompt, averaged over prompts.
+/// The best-of-K' curves: for each prompt, the expectation over every K'-subset of its K
+/// samples (the reward models' pick, its reward, gold and safety; the median reward and gold),
+/// averaged over prompts. Exact, from order statistics (`rlhf::reward::expected_best_of`,
+/// `expected_median`): the same curve whichever K' samples happened to be drawn first, so the
+/// K' = 1 point is the mean over all samples rather than the first sample's score.
 pub fn curves_by_k(per_prompt: &[Vec<Sample>], k: usize) -> serde_json::Value {
     let mut max_r = serde_json::Map::new();
     let mut med_r = serde_json::Map::new();
     let mut gold_chosen = serde_json::Map::new();
     let mut gold_med = serde_json::Map::new();
     let mut unsafe_chosen = serde_json::Map::new();
+    let rows: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = per_prompt
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            (s.iter().map(|x| x.reward).collect(), s.iter().map(|x| x.gold).collect(), s.iter().map(|x| if x.unsafe_ { 1.0 } else { 0.0 }).collect())
+        })
+        .collect();
+    let avg = |f: &dyn Fn(&(Vec<f32>, Vec<f32>, Vec<f32>)) -> f64| -> f64 {
+        if rows.is_empty() { f64::NAN } else { rows.iter().map(f).sum::<f64>() / rows.len() as f64 }
+    };
     for kk in k_grid(k) {
-        let heads: Vec<&[Sample]> = per_prompt.iter().map(|s| &s[..kk.min(s.len())]).filter(|s| !s.is_empty()).collect();
-        let pick = |s: &[Sample]| argmax(&s.iter().map(|x| x.reward).collect::<Vec<_>>()).expect("non-empty");
+        // A prompt with fewer samples than K' counts with all it has.
+        let kk_for = |r: &Vec<f32>| kk.min(r.len());
         let key = kk.to_string();
-        max_r.insert(key.clone(), mean(heads.iter().map(|s| s[pick(s)].reward)).into());
-        med_r.insert(key.clone(), mean(heads.iter().map(|s| median(&s.iter().map(|x| x.reward).collect::<Vec<_>>()))).into());
-        gold_chosen.insert(key.clone(), mean(heads.iter().map(|s| s[pick(s)].gold)).into());
-        gold_med.insert(key.clone(), mean(heads.iter().map(|s| median(&s.iter().map(|x| x.gold).collect::<Vec<_>>()))).into());
-        unsafe_chosen.insert(key, mean(heads.iter().map(|s| if s[pick(s)].unsafe_ { 1.0 } else { 0.0 })).into());
+        max_r.insert(key.clone(), avg(&|(r, _, _)| expected_best_of(r, r, kk_for(r))).into());
+        med_r.insert(key.clone(), avg(&|(r, _, _)| expected_median(r, kk_for(r))).into());
+        gold_chosen.insert(key.clone(), avg(&|(r, g, _)| expected_best_of(r, g, kk_for(r))).into());
+        gold_med.insert(key.clone(), avg(&|(r, g, _)| expected_median(g, kk_for(r))).into());
+        unsafe_chosen.insert(key, avg(&|(r, _, u)| expected_best_of(r, u, kk_for(r))).into());
     }
     serde_json::json!({
         "max_reward_by_k": max_r,
@@ -317,14 +333,19 @@ mod tests {
     }
 
     #[test]
-    fn curves_use_the_first_k_samples() {
+    fn curves_average_over_every_subset_of_the_samples() {
         let s = |r: f32, g: f32| Sample { text: String::new(), reward: r, gold: g, unsafe_: false };
         let rows = vec![vec![s(0.1, 0.0), s(0.9, 1.0), s(0.5, 0.2), s(0.2, 0.3)]];
         let c = curves_by_k(&rows, 4);
-        assert_eq!(c["max_reward_by_k"]["1"], serde_json::json!(0.1f32 as f64));
-        assert_eq!(c["gold_of_chosen_by_k"]["2"], 1.0);
-        assert_eq!(c["gold_of_chosen_by_k"]["4"], 1.0);
-        assert_eq!(c["median_reward_by_k"]["4"], serde_json::json!(((0.2f32 + 0.5) / 2.0) as f64));
+        let f = |key: &str, k: &str| c[key][k].as_f64().unwrap();
+        // K' = 1: the mean over the samples.
+        assert!((f("max_reward_by_k", "1") - (0.1f32 as f64 + 0.9f32 as f64 + 0.5f32 as f64 + 0.2f32 as f64) / 4.0).abs() < 1e-9);
+        assert!((f("gold_of_chosen_by_k", "1") - 1.5 / 4.0).abs() < 1e-6);
+        // K' = 2: the best sample is in 3 of the 6 pairs; 0.5 wins 2 of the others, 0.2 one.
+        assert!((f("gold_of_chosen_by_k", "2") - (3.0 * 1.0 + 2.0 * 0.2 + 0.3) / 6.0).abs() < 1e-6);
+        // K' = K: the pick of all.
+        assert_eq!(f("gold_of_chosen_by_k", "4"), 1.0);
+        assert!((f("median_reward_by_k", "4") - ((0.2f32 + 0.5) / 2.0) as f64).abs() < 1e-6);
     }
 
     /// Best-of-K computed two ways: the stage's `best` table against a brute-force argmax over

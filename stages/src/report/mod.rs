@@ -378,10 +378,11 @@ impl Report {
         if !self.rejection_sampling.is_empty() {
             s.push_str(
                 "## Rejection sampling: best of K\n\nFor each prompt the policy writes K answers and the reward models \
-                 pick one. **Max reward at K** is the reward-model score (read as a probability) of the best of the \
-                 first K answers, averaged over prompts, and **median reward** the median of those K; **gold of \
-                 chosen at K** is the gold helpfulness of the answer the reward models pick among K samples, and \
-                 **gold median** the gold median of the K. The gap between max and median is what rejection \
+                 pick one. **Max reward at K** is the reward-model score (read as a probability) of the best of K \
+                 answers, and **median reward** the median of those K; **gold of chosen at K** is the gold \
+                 helpfulness of the answer the reward models pick among K, and **gold median** the gold median of \
+                 the K. Each is the expectation over every choice of K of a prompt's samples (so K = 1 is the mean \
+                 over all samples), averaged over prompts. The gap between max and median is what rejection \
                  sampling can gain (the paper's Figure 7); gold of chosen rising with K means the reward models \
                  pick genuinely better answers.\n\n\
                  | instance | K | max reward | median reward | gold of chosen | gold median |\n|---|---|---|---|---|---|\n",

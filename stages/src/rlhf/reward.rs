@@ -134,9 +134,80 @@ pub fn argmax(xs: &[f32]) -> Option<usize> {
     best
 }
 
+/// ln C(n, k), summed term by term (exact enough for weights: n is a sample count).
+fn ln_choose(n: usize, k: usize) -> f64 {
+    if k > n {
+        return f64::NEG_INFINITY;
+    }
+    (1..=k.min(n - k)).map(|j| ((n - k.min(n - k) + j) as f64 / j as f64).ln()).sum()
+}
+
+/// The mean of `value[pick]` over every `k`-subset of the samples, where `pick` is the subset's
+/// highest `reward` (the earliest sample on ties, as [`argmax`]): the expected outcome of
+/// best-of-k when k of the samples are drawn, with no dependence on which k were drawn first.
+/// Sorted ascending by reward, the sample at rank i (0-based) is the pick of C(i, k-1) of the
+/// C(n, k) subsets. NaN when `k` is 0 or more than the samples.
+pub fn expected_best_of(reward: &[f32], value: &[f32], k: usize) -> f64 {
+    let n = reward.len();
+    if k == 0 || k > n || value.len() != n {
+        return f64::NAN;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    // Ascending reward; among equal rewards the earlier sample ranks higher (wins the argmax).
+    order.sort_by(|&a, &b| reward[a].total_cmp(&reward[b]).then(b.cmp(&a)));
+    let total = ln_choose(n, k);
+    order.iter().enumerate().filter(|(rank, _)| *rank + 1 >= k).map(|(rank, &i)| value[i] as f64 * (ln_choose(rank, k - 1) - total).exp()).sum()
+}
+
+/// The mean of the median (as [`median`]) of `values` over every `k`-subset: the m-th smallest
+/// of a subset is the value at sorted rank j in C(j, m-1) C(n-1-j, k-m) of the C(n, k) subsets.
+/// NaN when `k` is 0 or more than the values.
+pub fn expected_median(values: &[f32], k: usize) -> f64 {
+    let n = values.len();
+    if k == 0 || k > n {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let total = ln_choose(n, k);
+    let order_stat = |m: usize| -> f64 {
+        (m - 1..=n - 1 - (k - m)).map(|j| v[j] as f64 * (ln_choose(j, m - 1) + ln_choose(n - 1 - j, k - m) - total).exp()).sum()
+    };
+    if k % 2 == 1 { order_stat(k / 2 + 1) } else { 0.5 * (order_stat(k / 2) + order_stat(k / 2 + 1)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every k-subset of 0..n (as index lists), for brute-force checks.
+    fn subsets(n: usize, k: usize) -> Vec<Vec<usize>> {
+        (0u32..1 << n).filter(|m| m.count_ones() as usize == k).map(|m| (0..n).filter(|i| m >> i & 1 == 1).collect()).collect()
+    }
+
+    #[test]
+    fn subset_expectations_equal_brute_force_over_every_subset() {
+        let mut rng = datasets::world::Rng::for_key(7, "subsets", 0);
+        for case in 0..40 {
+            let n = 1 + case % 9;
+            // Coarse values so that ties occur.
+            let reward: Vec<f32> = (0..n).map(|_| (rng.below(5) as f32) / 4.0).collect();
+            let value: Vec<f32> = (0..n).map(|_| rng.below(100) as f32 / 100.0).collect();
+            for k in 1..=n {
+                let subs = subsets(n, k);
+                let best = subs.iter().map(|s| {
+                    let r: Vec<f32> = s.iter().map(|&i| reward[i]).collect();
+                    value[s[argmax(&r).unwrap()]] as f64
+                }).sum::<f64>() / subs.len() as f64;
+                let med = subs.iter().map(|s| median(&s.iter().map(|&i| value[i]).collect::<Vec<_>>()) as f64).sum::<f64>() / subs.len() as f64;
+                let (eb, em) = (expected_best_of(&reward, &value, k), expected_median(&value, k));
+                assert!((eb - best).abs() < 1e-9, "n {n} k {k}: best-of {eb} vs brute force {best}");
+                assert!((em - med).abs() < 1e-6, "n {n} k {k}: median {em} vs brute force {med}");
+            }
+        }
+        assert!(expected_best_of(&[1.0], &[1.0], 2).is_nan());
+        assert!(expected_median(&[], 1).is_nan());
+    }
 
     /// A small deterministic generator for the randomized checks.
     fn lcg(state: &mut u64) -> f32 {
