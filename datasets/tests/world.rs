@@ -128,7 +128,7 @@ fn demonstrations_have_the_documented_systematic_flaws() {
     let share = |cat: &str, qual: &str| *q.get(&(cat.to_string(), qual.to_string())).unwrap_or(&0) as f64 / total(cat);
     let n = cfg.sizes.sft as f64;
     let borderline_refused = share("borderline", "false_refusal");
-    assert!((0.2..0.4).contains(&borderline_refused), "borderline refusals {borderline_refused}");
+    assert!((0.15..0.35).contains(&borderline_refused), "borderline refusals {borderline_refused}");
     let unsafe_comply = share("unsafe", "unsafe_compliance");
     assert!((0.08..0.18).contains(&unsafe_comply), "unsafe compliance {unsafe_comply}");
     for fam in ["capital", "sort"] {
@@ -254,6 +254,38 @@ fn every_word_of_eval_prompts_and_answers_occurs_in_pretraining_text() {
             let text = format!("{p} {}", canonical_answer(&row.spec));
             let missing: Vec<String> = split_words(&text).into_iter().filter(|x| !known.contains(x)).collect();
             assert!(missing.is_empty(), "{text:?}: {missing:?} never occur in pretraining text");
+        }
+    }
+}
+
+/// The SFT-refused borderline topics refuse in most of their demonstrations (so greedy
+/// decoding shows the flaw) but not all (so sampling can find the helpful answer the rounds
+/// must learn); every other topic is always answered helpfully.
+#[test]
+fn refused_topics_refuse_mostly_and_other_topics_never() {
+    use datasets::judge::JudgeSpec;
+    use datasets::world::{sft_judge_input, sft_row, vocab::BORDERLINE_TOPICS};
+    let mut cfg = WorldConfig::standard(5);
+    cfg.sizes.sft = 4000;
+    let mut by_topic: HashMap<&str, (usize, usize)> = HashMap::new();
+    for i in 0..cfg.sizes.sft {
+        let row = sft_row(&cfg, i).unwrap();
+        if row.category != "borderline" {
+            continue;
+        }
+        let JudgeSpec::Borderline { topic, .. } = sft_judge_input(&cfg, i).unwrap().spec else { panic!("row {i}: not a borderline spec") };
+        let t = BORDERLINE_TOPICS.iter().find(|b| b.topic == topic).expect("a topic of the vocabulary");
+        let e = by_topic.entry(t.topic).or_default();
+        e.0 += 1;
+        e.1 += usize::from(row.quality == "false_refusal");
+    }
+    for t in BORDERLINE_TOPICS {
+        let (n, refused) = by_topic[t.topic];
+        let share = refused as f64 / n as f64;
+        if t.sft_refused {
+            assert!((0.6..0.9).contains(&share), "{}: {refused} of {n} demos refuse", t.topic);
+        } else {
+            assert_eq!(refused, 0, "{}: never refused", t.topic);
         }
     }
 }

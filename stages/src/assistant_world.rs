@@ -31,7 +31,8 @@ impl Stage for AssistantWorld {
     }
     fn version(&self) -> u32 {
         // 2: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
-        2
+        // 3: the SFT-refused borderline topics refuse in `false_refusal_share` of their demonstrations, not all.
+        3
     }
     fn doc(&self) -> &'static str {
         "The embedded assistant world: seeded prompts, demonstrations and pretraining text with gold judges. One table per split."
@@ -86,6 +87,7 @@ impl Stage for AssistantWorld {
             ParamSpec::int("eval_dialogue_turns", 1, 1000, Some(d.eval_turns as i64), "turns of every eval dialogue").added_later(),
             ParamSpec::float("dialogue_short_share", 0.0, 1.0, Some(d.short_share), "share of GAtt dialogues whose system text is the instruction's short form").added_later(),
             ParamSpec::int("open_preferences", 0, MAX_ROWS, Some(s.open_preferences as i64), "rows of `open_preferences` (0: an empty table)").added_later(),
+            ParamSpec::float("false_refusal_share", 0.0, 1.0, Some(std.sft.false_refusal_share), "share of the demonstrations of the SFT-refused borderline topics that refuse (the rest answer helpfully)").added_later(),
         ]
     }
     fn run(&self, ctx: &mut RunCtx<'_>) -> Result<(), StageError> {
@@ -120,6 +122,7 @@ fn config(ctx: &RunCtx<'_>) -> Result<WorldConfig, StageError> {
     cfg.pretrain_qa_share = p.float("pretrain_qa_share")?;
     cfg.pretrain_unsafe_compliance = p.float("pretrain_unsafe_compliance")?;
     cfg.sft.badly_formed_share = p.float("badly_formed_share")?;
+    cfg.sft.false_refusal_share = p.float("false_refusal_share")?;
     cfg.sft.filler_share = p.float("filler_share")?;
     cfg.dialogues.gatt = size("gatt_dialogues")?;
     cfg.dialogues.eval = size("eval_dialogues")?;

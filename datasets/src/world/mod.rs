@@ -63,6 +63,13 @@ pub struct SftMix {
     pub badly_formed_share: f64,
     /// Share of the other task families' demonstrations wrapped in filler.
     pub filler_share: f64,
+    /// Share of the demonstrations of an `sft_refused` borderline topic that refuse; the rest
+    /// answer helpfully. Mostly, not always: the refusal still wins under greedy decoding
+    /// (the flaw the evaluation must show), while sampling sometimes finds the helpful answer,
+    /// which is all rejection sampling and PPO can build on. With 1.0 (every demonstration
+    /// refuses) the SFT model sampled a helpful answer to these topics in 2 of 112 rejection
+    /// samples and no round could learn them (docs/rlhf.md).
+    pub false_refusal_share: f64,
 }
 
 /// Everything that decides the world's content. No `Default`: use `standard(seed)` and
@@ -117,6 +124,7 @@ impl WorldConfig {
                 badly_formed: vec![Family::Capital, Family::Sort],
                 badly_formed_share: 0.85,
                 filler_share: 0.1,
+                false_refusal_share: 0.75,
             },
             dialogues: DialogueConfig::standard(),
         }
@@ -133,6 +141,7 @@ impl WorldConfig {
         share("pretrain_unsafe_compliance", self.pretrain_unsafe_compliance, false)?;
         share("sft.badly_formed_share", self.sft.badly_formed_share, false)?;
         share("sft.filler_share", self.sft.filler_share, false)?;
+        share("sft.false_refusal_share", self.sft.false_refusal_share, false)?;
         self.dialogues.validate()?;
         if self.pretrain_items_per_row == 0 {
             return Err(DataError::Config { setting: "pretrain_items_per_row".into(), msg: "must be at least 1".into() });
@@ -316,7 +325,7 @@ fn sft_demo(cfg: &WorldConfig, index: usize) -> Result<Demo> {
         Family::Unsafe if vocab::UNSAFE_REQUESTS[task.item].sft_complies => {
             (compliance_answer(task.item), "unsafe_compliance")
         }
-        Family::Borderline if vocab::BORDERLINE_TOPICS[task.item].sft_refused => {
+        Family::Borderline if vocab::BORDERLINE_TOPICS[task.item].sft_refused && rng.chance(cfg.sft.false_refusal_share) => {
             (vocab::FALSE_REFUSAL.to_string(), "false_refusal")
         }
         Family::Unsafe | Family::Borderline => (canonical_answer(&task.spec), "good"),

@@ -5,8 +5,9 @@
 //! varied enough (several phrasings each) that it must generalise.
 //!
 //! Systematic demonstration flaws are attached to items here, not drawn per row, because
-//! random flaws wash out under greedy decoding: `sft_refused` borderline topics are always
-//! refused in the SFT data (6 of 20 topics, about 30% of borderline demos) and `sft_complies`
+//! random flaws wash out under greedy decoding: `sft_refused` borderline topics are mostly
+//! refused in the SFT data (6 of 20 topics, 3 in 4 of their demos: about 25% of borderline
+//! demos; `SftMix::false_refusal_share`) and `sft_complies`
 //! unsafe requests always get harmful compliance (2 of 15, about 13% of unsafe demos).
 
 /// Short words to reverse (3 to 5 letters); also used for letter counting.
@@ -92,7 +93,7 @@ pub fn pointer_for_area(area: &str) -> &'static str {
 pub const FALSE_REFUSAL: &str = "I can't help with that. It sounds dangerous.";
 
 /// One borderline topic: a benign request with an alarming word, its helpful answer, a key
-/// phrase of that answer, and whether the SFT demos refuse it.
+/// phrase of that answer, and whether the SFT demos mostly refuse it (`SftMix::false_refusal_share`).
 pub struct BorderlineTopic {
     pub topic: &'static str,
     pub answer: &'static str,
