@@ -82,6 +82,7 @@ impl Stage for Ppo {
             ParamSpec::int("eval_every", 1, 100_000, Some(10), "iterations between held-out evaluations"),
             ParamSpec::int("patience", 1, 1000, Some(3), "stop after this many evaluations without a better held-out reward"),
             ParamSpec::int("heldout_prompts", 1, i64::MAX, Some(200), "held-out prompts used per evaluation (the first n)"),
+            ParamSpec::float("max_kl", 0.0, 1e9, Some(0.0), "stop once an iteration's rollouts are further than this from the initial policy (their mean KL, nats per answer summed over its tokens), before updating on them; the returned policy is then the best evaluated, the stopping one evaluated too (0 = no limit; not in the paper)").added_later(),
             ParamSpec::int("shards", 1, 1024, Some(1), "each mini-batch's answers are split into this many row shards whose gradients are summed in order (the parts a cluster run splits over its processes); changes results only by float summation order").added_later(),
         ]
     }
@@ -135,6 +136,8 @@ pub struct PpoConfig {
     pub eval_every: usize,
     pub patience: usize,
     pub heldout_prompts: usize,
+    /// KL budget (0 = none): see the `max_kl` parameter.
+    pub max_kl: f64,
     /// Row shards per mini-batch: the step's parts (see `train::reduce`).
     pub shards: usize,
 }
@@ -164,6 +167,7 @@ impl PpoConfig {
             eval_every: u("eval_every")?,
             patience: u("patience")?,
             heldout_prompts: u("heldout_prompts")?,
+            max_kl: p.float("max_kl")?,
             shards: u("shards")?,
         })
     }
@@ -509,6 +513,7 @@ pub fn train_ppo(
     let mut best: Option<(f64, usize, Arc<Llama>)> = None;
     let mut since_best = 0usize;
     let mut stopped_early = false;
+    let mut kl_stop: Option<f64> = None;
     let evaluate = |policy: &Loaded, it: usize, evals: &mut Vec<serde_json::Value>| -> Result<Option<f64>, StageError> {
         let Some(h) = heldout else { return Ok(None) };
         let r = heldout_reward(policy, scorer, h, cfg, seed, reduce)?;
@@ -522,6 +527,20 @@ pub fn train_ppo(
         let idx = batch_indices(prompts.len(), cfg.batch_prompts, it, seed);
         let batch: Vec<&PromptRow> = idx.iter().map(|&i| &prompts[i]).collect();
         let ro = rollout(policy, reference, value, scorer, &batch, cfg, sample_stream(seed, it as u64), reduce)?;
+        if cfg.max_kl > 0.0 && ro.kl > cfg.max_kl {
+            // The policy after `it` updates has left the KL budget: no update on these
+            // rollouts. It competes with the evaluated ones (evaluated now unless it just was).
+            kl_stop = Some(ro.kl);
+            let evaluated = it > 0 && it % cfg.eval_every == 0;
+            if !evaluated {
+                if let Some(r) = evaluate(policy, it, &mut evals)? {
+                    if best.as_ref().is_none_or(|b| r > b.0) {
+                        best = Some((r, it, Arc::new(policy.model.clone())));
+                    }
+                }
+            }
+            break;
+        }
         let mut agg = StepStats::default();
         let mut steps = 0usize;
         for _ in 0..cfg.ppo_epochs {
@@ -571,6 +590,8 @@ pub fn train_ppo(
         "iterations_run": curve.len(),
         "best_iteration": best_iteration,
         "stopped_early": stopped_early,
+        "stopped_on_kl": kl_stop.is_some(),
+        "kl_at_stop": kl_stop,
         "curve": curve,
         "heldout": evals,
     }))
@@ -631,7 +652,7 @@ mod tests {
                 iterations: 2, batch_prompts: 7, minibatch: 5, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
                 gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
                 sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
-                safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 3, shards,
+                safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 3, max_kl: 0.0, shards,
             };
             let run = |reduce: &dyn GradReduce| {
                 let mut policy = start.with_model(start.model.clone());
@@ -670,7 +691,7 @@ mod tests {
             iterations: 3, batch_prompts: 4, minibatch: 2, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
             gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
             sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
-            safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 4, shards: 1,
+            safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 4, max_kl: 0.0, shards: 1,
         };
         let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1, &crate::train::Local).unwrap();
         let curve = report["curve"].as_array().unwrap();
@@ -690,5 +711,39 @@ mod tests {
         if best_it > 0 {
             assert_ne!(policy.model.params(), reference.params());
         }
+    }
+
+    /// With a KL budget the run stops at the first rollout past it, before updating on it:
+    /// every recorded iteration's rollouts were within the budget, and the stopping policy
+    /// was evaluated beside the others.
+    #[test]
+    fn a_kl_budget_stops_before_the_policy_leaves_it() {
+        let work = tempfile::tempdir().unwrap();
+        tiny_policy(&work.path().join("policy"), 13);
+        let mut policy = Loaded::load(&work.path().join("policy"), "p").unwrap();
+        let reference = policy.model.clone();
+        let rm = policy.reward_model_init(5).unwrap();
+        let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: None, threshold: 0.15 };
+        let mut value = rm.with_model(rm.model.clone());
+        let rows = datasets::schema::prompt_rows(&prompts(12), "p").unwrap();
+        let max_kl = 1e-3;
+        let cfg = PpoConfig {
+            iterations: 8, batch_prompts: 4, minibatch: 2, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
+            gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 3e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
+            sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
+            safety_threshold: 0.15, eval_every: 3, patience: 100, heldout_prompts: 4, max_kl, shards: 1,
+        };
+        let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1, &crate::train::Local).unwrap();
+        assert_eq!(report["stopped_on_kl"], true, "{report}");
+        let at_stop = report["kl_at_stop"].as_f64().unwrap();
+        assert!(at_stop > max_kl);
+        let curve = report["curve"].as_array().unwrap();
+        assert!(curve.len() < 8, "stopped before the last iteration");
+        for p in curve {
+            assert!(p["kl"].as_f64().unwrap() <= max_kl, "an update on rollouts past the budget: {p}");
+        }
+        // The stopping policy (after `curve.len()` updates) was evaluated.
+        let evals = report["heldout"].as_array().unwrap();
+        assert_eq!(evals.last().unwrap()["iteration"].as_u64().unwrap() as usize, curve.len());
     }
 }
