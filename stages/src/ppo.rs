@@ -602,6 +602,17 @@ mod tests {
     use super::*;
     use crate::rlhf::policy::testing::{prompts, tiny_policy};
 
+    /// A PPO configuration for tiny test runs: a few answers of 5 tokens, an evaluation every
+    /// iteration, no KL budget.
+    fn tiny_cfg() -> PpoConfig {
+        PpoConfig {
+            iterations: 1, batch_prompts: 4, minibatch: 2, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
+            gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
+            sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
+            safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 4, max_kl: 0.0, shards: 1,
+        }
+    }
+
     #[test]
     fn clipped_policy_gradient_matches_finite_differences() {
         for &(lp, old, a) in &[(-1.0f32, -1.1f32, 0.7f32), (-1.0, -1.5, 0.7), (-1.0, -0.5, -0.4), (-2.0, -2.0, 1.0), (-1.0, -1.5, -0.7)] {
@@ -648,12 +659,7 @@ mod tests {
         let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: Some(start.reward_model_init(6).unwrap()), threshold: 0.15 };
         let rows = datasets::schema::prompt_rows(&prompts(14), "p").unwrap();
         for shards in [3, 1] {
-            let cfg = PpoConfig {
-                iterations: 2, batch_prompts: 7, minibatch: 5, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
-                gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
-                sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
-                safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 3, max_kl: 0.0, shards,
-            };
+            let cfg = PpoConfig { iterations: 2, batch_prompts: 7, minibatch: 5, heldout_prompts: 3, shards, ..tiny_cfg() };
             let run = |reduce: &dyn GradReduce| {
                 let mut policy = start.with_model(start.model.clone());
                 let mut value = rm.with_model(rm.model.clone());
@@ -687,12 +693,7 @@ mod tests {
         let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: Some(policy.reward_model_init(6).unwrap()), threshold: 0.15 };
         let mut value = rm.with_model(rm.model.clone());
         let rows = datasets::schema::prompt_rows(&prompts(12), "p").unwrap();
-        let cfg = PpoConfig {
-            iterations: 3, batch_prompts: 4, minibatch: 2, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
-            gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 1e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
-            sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
-            safety_threshold: 0.15, eval_every: 1, patience: 5, heldout_prompts: 4, max_kl: 0.0, shards: 1,
-        };
+        let cfg = PpoConfig { iterations: 3, ..tiny_cfg() };
         let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1, &crate::train::Local).unwrap();
         let curve = report["curve"].as_array().unwrap();
         assert_eq!(curve.len(), 3);
@@ -727,12 +728,7 @@ mod tests {
         let mut value = rm.with_model(rm.model.clone());
         let rows = datasets::schema::prompt_rows(&prompts(12), "p").unwrap();
         let max_kl = 1e-3;
-        let cfg = PpoConfig {
-            iterations: 8, batch_prompts: 4, minibatch: 2, ppo_epochs: 1, clip: 0.2, value_clip: 0.2, beta: 0.01,
-            gamma: 1.0, lambda: 0.95, whiten_advantages: true, lr: 3e-3, value_lr: 1e-3, weight_decay: 0.0, grad_clip: 1.0,
-            sampling: SamplingParams { max_new_tokens: 5, temperature: 1.0, top_p: 1.0, seed: 0 },
-            safety_threshold: 0.15, eval_every: 3, patience: 100, heldout_prompts: 4, max_kl, shards: 1,
-        };
+        let cfg = PpoConfig { iterations: 8, lr: 3e-3, eval_every: 3, patience: 100, max_kl, ..tiny_cfg() };
         let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1, &crate::train::Local).unwrap();
         assert_eq!(report["stopped_on_kl"], true, "{report}");
         let at_stop = report["kl_at_stop"].as_f64().unwrap();
