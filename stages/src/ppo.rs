@@ -613,6 +613,20 @@ mod tests {
         }
     }
 
+    /// A tiny policy (kept in the returned temporary directory), its copy as the reference,
+    /// reward models initialised from it (a safety model when asked) and the value model.
+    fn tiny_setup(with_safety: bool) -> (tempfile::TempDir, Loaded, Llama, Scorer, Loaded) {
+        let work = tempfile::tempdir().unwrap();
+        tiny_policy(&work.path().join("policy"), 13);
+        let policy = Loaded::load(&work.path().join("policy"), "p").unwrap();
+        let reference = policy.model.clone();
+        let rm = policy.reward_model_init(5).unwrap();
+        let safety = with_safety.then(|| policy.reward_model_init(6).unwrap());
+        let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety, threshold: 0.15 };
+        let value = rm.with_model(rm.model.clone());
+        (work, policy, reference, scorer, value)
+    }
+
     #[test]
     fn clipped_policy_gradient_matches_finite_differences() {
         for &(lp, old, a) in &[(-1.0f32, -1.1f32, 0.7f32), (-1.0, -1.5, 0.7), (-1.0, -0.5, -0.4), (-2.0, -2.0, 1.0), (-1.0, -1.5, -0.7)] {
@@ -685,13 +699,7 @@ mod tests {
     /// the returned policy is the best evaluated.
     #[test]
     fn short_run_produces_curves_and_moves_the_policy() {
-        let work = tempfile::tempdir().unwrap();
-        tiny_policy(&work.path().join("policy"), 13);
-        let mut policy = Loaded::load(&work.path().join("policy"), "p").unwrap();
-        let reference = policy.model.clone();
-        let rm = policy.reward_model_init(5).unwrap();
-        let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: Some(policy.reward_model_init(6).unwrap()), threshold: 0.15 };
-        let mut value = rm.with_model(rm.model.clone());
+        let (_work, mut policy, reference, scorer, mut value) = tiny_setup(true);
         let rows = datasets::schema::prompt_rows(&prompts(12), "p").unwrap();
         let cfg = PpoConfig { iterations: 3, ..tiny_cfg() };
         let report = train_ppo(&mut policy, &reference, &mut value, &scorer, &rows[..8], Some(&rows[8..]), &cfg, 1, &crate::train::Local).unwrap();
@@ -719,13 +727,7 @@ mod tests {
     /// was evaluated beside the others.
     #[test]
     fn a_kl_budget_stops_before_the_policy_leaves_it() {
-        let work = tempfile::tempdir().unwrap();
-        tiny_policy(&work.path().join("policy"), 13);
-        let mut policy = Loaded::load(&work.path().join("policy"), "p").unwrap();
-        let reference = policy.model.clone();
-        let rm = policy.reward_model_init(5).unwrap();
-        let scorer = Scorer { helpfulness: rm.with_model(rm.model.clone()), safety: None, threshold: 0.15 };
-        let mut value = rm.with_model(rm.model.clone());
+        let (_work, mut policy, reference, scorer, mut value) = tiny_setup(false);
         let rows = datasets::schema::prompt_rows(&prompts(12), "p").unwrap();
         let max_kl = 1e-3;
         let cfg = PpoConfig { iterations: 8, lr: 3e-3, eval_every: 3, patience: 100, max_kl, ..tiny_cfg() };
