@@ -34,7 +34,8 @@ impl Stage for Ppo {
     }
     fn version(&self) -> u32 {
         // 2: the gold judge grades text glued to an answer's period as text after the sentence (0.85), not as an exact answer.
-        2
+        // 3: the report says whether the KL budget (`max_kl`) stopped the run.
+        3
     }
     fn data_parallel(&self) -> bool {
         true
