@@ -174,7 +174,7 @@ fn pick(report: &serde_json::Value, keys: &[&str]) -> serde_json::Value {
 /// A PPO report's summary: the curve and held-out evaluations as they are, plus the first and
 /// last point's reward, KL and gold.
 fn ppo_json(report: &serde_json::Value) -> serde_json::Value {
-    let mut v = pick(report, &["best_iteration", "stopped_early", "heldout", "curve"]);
+    let mut v = pick(report, &["best_iteration", "stopped_early", "stopped_on_kl", "kl_at_stop", "heldout", "curve"]);
     let curve = report.get("curve").and_then(|c| c.as_array()).cloned().unwrap_or_default();
     v["iterations_run"] = curve.len().into();
     for (name, point) in [("first", curve.first()), ("last", curve.last())] {
