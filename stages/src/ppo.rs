@@ -492,6 +492,16 @@ fn heldout_reward(policy: &Loaded, scorer: &Scorer, heldout: &[PromptRow], cfg: 
     Ok(s.iter().map(|x| x.reward as f64).sum::<f64>() / s.len().max(1) as f64)
 }
 
+/// Makes `(reward, iteration, model)` the best evaluated policy when its held-out reward is
+/// higher than the best so far (or there is none); says whether it did.
+fn keep_if_better(best: &mut Option<(f64, usize, Arc<Llama>)>, reward: f64, iteration: usize, model: &Llama) -> bool {
+    let better = best.as_ref().is_none_or(|b| reward > b.0);
+    if better {
+        *best = Some((reward, iteration, Arc::new(model.clone())));
+    }
+    better
+}
+
 /// The PPO loop. Leaves the best policy (by held-out reward, when held-out prompts are given;
 /// else the last) in `policy`; returns the report. `reduce` splits rollouts and gradient parts
 /// over the processes of a cluster run (every process ends with the same models).
@@ -522,7 +532,7 @@ pub fn train_ppo(
         Ok(Some(r))
     };
     if let Some(r) = evaluate(policy, 0, &mut evals)? {
-        best = Some((r, 0, Arc::new(policy.model.clone())));
+        keep_if_better(&mut best, r, 0, &policy.model);
     }
     for it in 0..cfg.iterations {
         let idx = batch_indices(prompts.len(), cfg.batch_prompts, it, seed);
@@ -535,9 +545,7 @@ pub fn train_ppo(
             let evaluated = it > 0 && it % cfg.eval_every == 0;
             if !evaluated {
                 if let Some(r) = evaluate(policy, it, &mut evals)? {
-                    if best.as_ref().is_none_or(|b| r > b.0) {
-                        best = Some((r, it, Arc::new(policy.model.clone())));
-                    }
+                    keep_if_better(&mut best, r, it, &policy.model);
                 }
             }
             break;
@@ -567,8 +575,7 @@ pub fn train_ppo(
         let last = it + 1 == cfg.iterations;
         if (it + 1) % cfg.eval_every == 0 || last {
             if let Some(r) = evaluate(policy, it + 1, &mut evals)? {
-                if best.as_ref().is_none_or(|b| r > b.0) {
-                    best = Some((r, it + 1, Arc::new(policy.model.clone())));
+                if keep_if_better(&mut best, r, it + 1, &policy.model) {
                     since_best = 0;
                 } else {
                     since_best += 1;

@@ -139,7 +139,9 @@ fn ln_choose(n: usize, k: usize) -> f64 {
     if k > n {
         return f64::NEG_INFINITY;
     }
-    (1..=k.min(n - k)).map(|j| ((n - k.min(n - k) + j) as f64 / j as f64).ln()).sum()
+    // C(n, k) = C(n, k') with k' = min(k, n - k) = prod over j = 1..=k' of (n - k' + j) / j.
+    let k = k.min(n - k);
+    (1..=k).map(|j| ((n - k + j) as f64 / j as f64).ln()).sum()
 }
 
 /// The mean of `value[pick]` over every `k`-subset of the samples, where `pick` is the subset's
